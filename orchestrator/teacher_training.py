@@ -1,0 +1,50 @@
+"""Driver side of teacher training: check inputs, start an MLflow run, run Ray Train's TorchTrainer."""
+
+import time
+from pathlib import Path
+
+from orchestrator.config import TeacherTrainingConfig
+from orchestrator.config_loading import flatten, to_dict
+from orchestrator.tracking import redact, tracking_uri
+from workers.data import ray_dataset, read_info
+from workers.errors import ConfigError
+
+
+def train_teacher(config: TeacherTrainingConfig) -> Path:
+    """Train and save the teacher's model folder; returns its path."""
+    import mlflow
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from workers.teacher_training import train_loop
+
+    info = read_info(config.data)  # a missing or corrupt data set fails here, before any worker starts
+    if info.image_shape != (config.unet.channels, config.unet.sample_size, config.unet.sample_size):
+        raise ConfigError(
+            f"unet: the data set {config.data} holds images of shape {list(info.image_shape)}, the unet is configured for "
+            f"{[config.unet.channels, config.unet.sample_size, config.unet.sample_size]}; set unet.channels and unet.sample_size to match"
+        )
+    config.output = config.output.resolve()
+    uri = tracking_uri(config.tracking.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(config.tracking.experiment)
+    if not ray.is_initialized():
+        ray.init()  # attaches to RAY_ADDRESS when set (ray job submit), else starts a local cluster
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our own status line reports progress
+    start = time.perf_counter()
+    with mlflow.start_run(run_name="teacher") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(config)).items()})
+        print(f"teacher: {info.num_rows} images {list(info.image_shape)}, {info.num_classes} classes; MLflow run {run.info.run_id} at {redact(uri)}", flush=True)
+        payload = {"config": to_dict(config), "num_classes": info.num_classes, "image_shape": list(info.image_shape), "run_id": run.info.run_id, "tracking_uri": uri}
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=payload,
+            scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}),
+            datasets={"train": ray_dataset(config.data).materialize()},  # read once: epochs of a small set then cost nothing
+            run_config=RunConfig(name=f"teacher-{run.info.run_id[:8]}", storage_path=str(Path("runs/ray_train").resolve())),
+        )
+        trainer.fit()
+        mlflow.log_metric("teacher/train_seconds", time.perf_counter() - start)
+        mlflow.log_artifacts(str(config.output), artifact_path="teacher")
+    return config.output

@@ -1,0 +1,77 @@
+"""DeepSpeed applied after a model is built: one config builder, one wrap function for every role."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with DeepSpeed's linear warm-up to a constant learning rate (DMD2's recipe)."""
+
+    learning_rate: float = 1e-4
+    """Peak learning rate, reached after warmup_steps."""
+    warmup_steps: int = 100
+    """Linear warm-up steps from 0."""
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 10.0
+    """Global gradient-norm clipping (0: off)."""
+
+    def check(self, where: str) -> None:
+        from workers.errors import ConfigError
+
+        if not self.learning_rate > 0:
+            raise ConfigError(f"{where}.learning_rate: {self.learning_rate} must be positive, e.g. 1e-4")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"{where}.warmup_steps: {self.warmup_steps} must be 0 or more")
+        if self.grad_clip < 0:
+            raise ConfigError(f"{where}.grad_clip: {self.grad_clip} must be 0 (off) or positive")
+
+
+@dataclass
+class ShardingConfig:
+    """How DeepSpeed shards a trained role across its ranks."""
+
+    zero_stage: int = 0
+    """ZeRO stage 0-3: 0 replicates; 1 shards optimizer state; 2 also gradients; 3 also parameters."""
+    bf16: bool = False
+    """bf16 mixed precision (DMD2 used bf16; fp16 diverged). fp32 on CPU."""
+
+    def check(self, where: str) -> None:
+        from workers.errors import ConfigError
+
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"{where}.zero_stage: {self.zero_stage} is not a ZeRO stage; use 0, 1, 2 or 3")
+
+
+def deepspeed_config(optimizer: OptimizerConfig, sharding: ShardingConfig, micro_batch: int) -> dict:
+    """The DeepSpeed JSON config for one trained role."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": optimizer.grad_clip,
+        "zero_optimization": {"stage": sharding.zero_stage},
+        "bf16": {"enabled": sharding.bf16},
+        "scheduler": {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": optimizer.learning_rate,
+                "warmup_num_steps": max(optimizer.warmup_steps, 1),
+                "warmup_type": "linear",
+            },
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def wrap(model: torch.nn.Module, optimizer: OptimizerConfig, sharding: ShardingConfig, micro_batch: int):
+    """A DeepSpeed engine around an already built model, with torch's AdamW (no op to compile)."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    adamw = torch.optim.AdamW(params, lr=optimizer.learning_rate, betas=optimizer.betas, weight_decay=optimizer.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=adamw, config=deepspeed_config(optimizer, sharding, micro_batch))
+    return engine

@@ -1,0 +1,171 @@
+"""Diffusion networks and the model folders this project saves and loads.
+
+A model folder (teacher or student) is diffusers-format plus one manifest:
+
+    DIR/flashdistill.json                          ModelManifest: kind, classes, guidance, timesteps
+    DIR/unet/config.json                           diffusers UNet2DModel config
+    DIR/unet/diffusion_pytorch_model.safetensors   weights (safetensors only, never a pickle)
+    DIR/scheduler/scheduler_config.json            the sampler's diffusers scheduler config
+
+Loading never unpickles: weights come from safetensors, and a folder that holds only a pickle
+(`.bin`, `.pt`, `.ckpt`) is refused before anything in it is read.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from workers.errors import ModelFolderError
+from workers.schedule import NoiseSchedule, guided
+
+MANIFEST = "flashdistill.json"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class UNetConfig:
+    """A class-conditional diffusers `UNet2DModel`. Sizes measured on 2 cores in the README."""
+
+    sample_size: int = 8
+    """Image height and width in pixels."""
+    channels: int = 1
+    """Image channels (1 for digits, 3 for RGB)."""
+    block_out_channels: tuple[int, ...] = (16, 32, 64)
+    """Channels per resolution level; each level after the first halves the resolution."""
+    layers_per_block: int = 1
+    """ResNet layers per level."""
+    norm_num_groups: int = 8
+    """GroupNorm groups; must divide every entry of block_out_channels."""
+    attention: bool = False
+    """Self-attention at the lowest resolution (costs time on CPU; off for 8x8 digits)."""
+
+
+@dataclass
+class ModelManifest:
+    """What a model folder is, beyond its diffusers configs."""
+
+    kind: str  # "teacher" or "student"
+    num_classes: int = 0  # 0: unconditional; else labels 0..num_classes-1 and null label num_classes
+    guidance_scale: float = 1.0  # classifier-free guidance used when sampling (1: none)
+    timesteps: list[int] = field(default_factory=list)  # a student's inference timesteps, high to low
+    method: str = ""  # how it was made, e.g. "ddpm", "dmd2"
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+
+def build_unet(config: UNetConfig, num_classes: int):
+    """A fresh UNet2DModel; with classes, one extra embedding is the null label used by CFG."""
+    from diffusers import UNet2DModel
+
+    levels = len(config.block_out_channels)
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if config.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=config.sample_size,
+        in_channels=config.channels,
+        out_channels=config.channels,
+        layers_per_block=config.layers_per_block,
+        block_out_channels=tuple(config.block_out_channels),
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=config.norm_num_groups,
+        num_class_embeds=num_classes + 1 if num_classes else None,
+    )
+
+
+def save_model_folder(out_dir: Path, unet, scheduler_config: dict, manifest: ModelManifest) -> Path:
+    """Write a model folder (see the module docstring); weights as safetensors."""
+    out_dir = Path(out_dir)
+    (out_dir / "unet").mkdir(parents=True, exist_ok=True)
+    (out_dir / "scheduler").mkdir(parents=True, exist_ok=True)
+    unet.save_config(out_dir / "unet")
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in unet.state_dict().items()}
+    save_file(state, str(out_dir / "unet" / WEIGHTS))
+    (out_dir / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
+    (out_dir / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+    return out_dir
+
+
+@dataclass
+class ModelFolder:
+    unet: torch.nn.Module
+    scheduler_config: dict
+    manifest: ModelManifest
+    path: Path
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.from_scheduler_config(self.scheduler_config)
+
+
+def check_model_folder(path: Path) -> ModelManifest:
+    """Cheap checks that `path` is a model folder this project saved; returns its manifest."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFolderError(f"model folder {path} does not exist: train a teacher first (python -m jobs.train_teacher) or fix the path")
+    pickles = sorted(p.name for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not (path / "unet" / WEIGHTS).is_file():
+        raise ModelFolderError(
+            f"{path} holds pickled weights ({', '.join(pickles)}), which can run code when loaded: "
+            f"convert them to safetensors (safetensors.torch.save_file) on a machine you trust"
+        )
+    for required in (MANIFEST, "unet/config.json", f"unet/{WEIGHTS}", "scheduler/scheduler_config.json"):
+        if not (path / required).is_file():
+            raise ModelFolderError(f"{path} is not a model folder saved by this project: {required} is missing; point at a folder written by jobs.train_teacher or jobs.distill")
+    try:
+        raw = json.loads((path / MANIFEST).read_text())
+        manifest = ModelManifest(**raw)
+    except (json.JSONDecodeError, TypeError) as error:
+        raise ModelFolderError(f"{path / MANIFEST} is not a valid manifest ({error}); re-save the model with this project") from None
+    if manifest.format_version != FORMAT_VERSION:
+        raise ModelFolderError(f"{path} has format_version {manifest.format_version}, this project reads {FORMAT_VERSION}: re-save it with this version")
+    return manifest
+
+
+def load_model_folder(path: Path, device: str = "cpu") -> ModelFolder:
+    """Load a model folder from safetensors only; nothing in the folder is unpickled or executed."""
+    from diffusers import UNet2DModel
+
+    path = Path(path)
+    manifest = check_model_folder(path)
+    config = json.loads((path / "unet" / "config.json").read_text())
+    unet = UNet2DModel.from_config(config)
+    try:
+        state = load_file(str(path / "unet" / WEIGHTS), device=device)
+    except Exception as error:  # safetensors raises its own types for truncated or foreign files
+        raise ModelFolderError(f"{path / 'unet' / WEIGHTS} is not readable safetensors ({error}); re-save the model") from None
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFolderError(f"{path}: weights do not match unet/config.json (missing {missing[:3]}, unexpected {unexpected[:3]}); re-save the model")
+    scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    return ModelFolder(unet.to(device).eval(), scheduler_config, manifest, path)
+
+
+class Denoiser:
+    """A network plus its schedule, answering 'what is x0 at (x_t, t)?', with optional CFG."""
+
+    def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, num_classes: int):
+        self.unet, self.schedule, self.num_classes = unet, schedule, num_classes
+
+    def output(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float = 1.0) -> torch.Tensor:
+        """The network output (B, C, H, W); guidance_scale != 1 runs conditional and null-label halves in one batch."""
+        if guidance_scale == 1.0 or not self.num_classes:
+            return self.unet(x_t, t, class_labels=labels if self.num_classes else None).sample
+        null = torch.full_like(labels, self.num_classes)
+        both = self.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), class_labels=torch.cat([labels, null])).sample
+        cond, uncond = both.chunk(2)
+        return guided(uncond, cond, guidance_scale)
+
+    def x0(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float = 1.0) -> torch.Tensor:
+        """x0 estimate (B, C, H, W) at (x_t, t)."""
+        return self.schedule.to_x0(self.output(x_t, t, labels, guidance_scale), x_t, t)

@@ -1,0 +1,74 @@
+"""Samplers: pure functions of an x0 predictor, and a loop over a diffusers scheduler.
+
+`X0Fn` is any callable (x_t (B,C,H,W), t (B,) int64) -> x0 estimate (B,C,H,W): a teacher,
+a student, a toy Gaussian. The pure functions are what training uses (backward simulation);
+`sample_with_scheduler` is what inference uses on a saved folder, through diffusers' own
+`set_timesteps` / `step` contract (DDIM for teachers, LCM with explicit timesteps for students).
+Tests check that the two agree.
+"""
+
+from collections.abc import Callable
+
+import torch
+
+from workers.schedule import NoiseSchedule
+
+X0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def timestep_batch(t: int, like: torch.Tensor) -> torch.Tensor:
+    """The integer timestep t repeated for every sample of `like`: (B,) int64."""
+    return torch.full((like.shape[0],), int(t), dtype=torch.long, device=like.device)
+
+
+def ddim_sample(x0_fn: X0Fn, schedule: NoiseSchedule, noise: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) from pure noise through `timesteps` (high to low); returns x0."""
+    x = noise
+    for i, t in enumerate(timesteps):
+        tt = timestep_batch(t, x)
+        x0 = x0_fn(x, tt)
+        if i == len(timesteps) - 1:
+            return x0
+        eps = schedule.to_eps(x0, x, tt)
+        x = schedule.add_noise(x0, eps, timestep_batch(timesteps[i + 1], x))
+    return x
+
+
+def renoise(schedule: NoiseSchedule, x0: torch.Tensor, t_next: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The student's move to its next timestep: x0 forward-noised with fresh noise (DMD2, LCM)."""
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    return schedule.add_noise(x0, eps, timestep_batch(t_next, x0))
+
+
+@torch.no_grad()
+def backward_simulate(
+    x0_fn: X0Fn, schedule: NoiseSchedule, noise: torch.Tensor, timesteps: list[int], k: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The student's own input at timesteps[k]: k steps of its sampler from `noise`, with no graph.
+
+    k = 0 returns `noise` itself (the input at the first timestep). DMD2's backward simulation and
+    Imagine Flash's backward distillation: training inputs come from the inference path.
+    """
+    x = noise
+    for i in range(k):
+        x0 = x0_fn(x, timestep_batch(timesteps[i], x))
+        x = renoise(schedule, x0, timesteps[i + 1], generator)
+    return x.detach()
+
+
+def student_sample(
+    x0_fn: X0Fn, schedule: NoiseSchedule, noise: torch.Tensor, timesteps: list[int], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The few-step student sampler: x0 at each timestep, re-noised to the next; returns the last x0."""
+    x = backward_simulate(x0_fn, schedule, noise, timesteps, len(timesteps) - 1, generator)
+    return x0_fn(x, timestep_batch(timesteps[-1], x))
+
+
+@torch.no_grad()
+def sample_with_scheduler(output_fn: Callable, scheduler, noise: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run a diffusers scheduler whose timesteps are already set; `output_fn(x_t, t)` is the network output."""
+    x = noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        out = output_fn(scheduler.scale_model_input(x, t), timestep_batch(int(t), x))
+        x = scheduler.step(out, t, x, generator=generator).prev_sample
+    return x
