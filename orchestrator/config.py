@@ -61,3 +61,104 @@ class TeacherTrainingConfig:
         require(self.sharding.zero_stage <= 2, f"{prefix}sharding.zero_stage", f"{self.sharding.zero_stage}: teacher training saves from rank 0's full weights, use ZeRO stage 0-2")
         groups = self.unet.norm_num_groups
         require(all(c % groups == 0 for c in self.unet.block_out_channels), f"{prefix}unet.norm_num_groups", f"{groups} must divide every block_out_channels entry {list(self.unet.block_out_channels)}")
+
+
+@dataclass
+class RoleConfig:
+    """Where one role's ranks run and how its DeepSpeed world shards it."""
+
+    ranks: int = 1
+    """Data-parallel ranks (actors) in this role's own DeepSpeed world."""
+    cpus_per_rank: float = 1.0
+    """Logical CPUs each rank reserves."""
+    gpus_per_rank: float = 0.0
+    """GPUs each rank reserves (0 on CPU machines)."""
+    node_resource: str | None = None
+    """A custom resource the role's nodes carry (cluster.yaml: inference_gpu, train_gpu); each rank takes 0.01 of it."""
+    threads_per_rank: int = 2
+    """torch intra-op threads per rank."""
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(learning_rate=1e-5, warmup_steps=0))
+    """Ignored for the frozen teacher."""
+
+    def check(self, where: str = "") -> None:
+        require(self.ranks >= 1, f"{where}.ranks", f"{self.ranks} must be at least 1")
+        require(self.cpus_per_rank >= 0 and self.gpus_per_rank >= 0, where, "cpus_per_rank and gpus_per_rank must not be negative")
+        require(self.threads_per_rank >= 1, f"{where}.threads_per_rank", f"{self.threads_per_rank} must be at least 1")
+
+
+@dataclass
+class RolesConfig:
+    teacher: RoleConfig = field(default_factory=RoleConfig)
+    critic: RoleConfig = field(default_factory=RoleConfig)
+    generator: RoleConfig = field(default_factory=RoleConfig)
+
+
+@dataclass
+class Dmd2Config:
+    """DMD2 (Yin et al. 2024): distribution matching + two time-scale updates + GAN + backward simulation."""
+
+    critic_updates_per_generator_update: int = 5
+    """TTUR ratio N: critic updates per generator update (5 for ImageNet-64 and SDXL, 10 for SD 1.5)."""
+    timesteps: list[int] = field(default_factory=lambda: [999])
+    """The student's timesteps, high to low: [999] one step; [999, 749, 499, 249] four steps."""
+    backward_simulation: bool = True
+    """Multi-step students train on inputs they made themselves from noise (DMD2 sec. 4.5)."""
+    dm_t_min: float = 0.02
+    """DM loss timesteps are drawn from UniformInt[dm_t_min * T, dm_t_max * T]."""
+    dm_t_max: float = 0.98
+    guidance_scale: float = 1.0
+    """The teacher's classifier-free guidance in the DM loss (1: none)."""
+    dm_weight: float = 1.0
+    """Weight of the DM loss in the generator's loss (0 turns it off: GAN alone)."""
+    gan_generator_weight: float = 3e-3
+    """Weight of the generator's GAN loss (0: no GAN, no real data needed)."""
+    gan_discriminator_weight: float = 1e-2
+    """Weight of the discriminator loss in the critic's loss."""
+
+    def check(self, where: str = "") -> None:
+        ts = self.timesteps
+        require(self.critic_updates_per_generator_update >= 1, f"{where}.critic_updates_per_generator_update", f"{self.critic_updates_per_generator_update} must be at least 1 (DMD2 used 5)")
+        require(len(ts) >= 1, f"{where}.timesteps", "needs at least one timestep, e.g. [999]")
+        require(all(a > b for a, b in zip(ts, ts[1:])), f"{where}.timesteps", f"{ts} must be strictly decreasing, e.g. [999, 749, 499, 249]")
+        require(0 <= self.dm_t_min < self.dm_t_max <= 1, f"{where}.dm_t_min", f"need 0 <= dm_t_min < dm_t_max <= 1, got {self.dm_t_min} and {self.dm_t_max}")
+        require(self.dm_weight >= 0 and self.gan_generator_weight >= 0 and self.gan_discriminator_weight >= 0, where, "loss weights must not be negative")
+        require(self.dm_weight > 0 or self.gan_generator_weight > 0, f"{where}.dm_weight", "dm_weight and gan_generator_weight are both 0: the generator would learn nothing")
+
+
+@dataclass
+class DistillConfig:
+    """A distillation run: teacher folder, real data, the method, the roles and the schedule."""
+
+    teacher: Path = Path("runs/demo/teacher")
+    """The teacher's model folder (jobs.train_teacher writes one)."""
+    teacher_recipe: Path | None = None
+    """A teacher-training YAML used to make the teacher on first use when `teacher` does not exist yet."""
+    data: Path = Path("runs/data/digits")
+    """Parquet data set of real images (the GAN's real side)."""
+    output: Path = Path("runs/distill")
+    """Where the student, checkpoints and summary.json go (the --output flag sets it)."""
+    dmd2: Dmd2Config = field(default_factory=Dmd2Config)
+    roles: RolesConfig = field(default_factory=RolesConfig)
+    generator_steps: int = 300
+    """Generator updates to run (the critic runs N times as many)."""
+    batch_size: int = 128
+    """Global batch per update, split over each role's ranks."""
+    seed: int = 0
+    log_every: int = 10
+    """Generator steps between metric logs and progress lines."""
+    eval_every: int = 100
+    """Generator steps between FD evaluations (0: only at the end)."""
+    eval_num: int = 1000
+    """Samples per FD evaluation."""
+    checkpoint_every: int = 100
+    """Generator steps between checkpoints (0: only at the end)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def check(self, where: str = "") -> None:
+        require(self.generator_steps >= 1, "generator_steps", f"{self.generator_steps} must be at least 1")
+        for name in ("teacher", "critic", "generator"):
+            ranks = getattr(self.roles, name).ranks
+            require(self.batch_size % ranks == 0, "batch_size", f"{self.batch_size} must be divisible by roles.{name}.ranks={ranks}")
+        require(self.eval_num >= 10, "eval_num", f"{self.eval_num} must be at least 10")
+        require(self.roles.teacher.sharding.zero_stage == 0, "roles.teacher.sharding.zero_stage", "the frozen teacher is replicated in this version; set 0")

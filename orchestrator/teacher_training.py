@@ -5,6 +5,7 @@ from pathlib import Path
 
 from orchestrator.config import TeacherTrainingConfig
 from orchestrator.config_loading import flatten, to_dict
+from orchestrator.role_group import connect
 from orchestrator.tracking import redact, tracking_uri
 from workers.data import ray_dataset, read_info
 from workers.errors import ConfigError
@@ -13,7 +14,6 @@ from workers.errors import ConfigError
 def train_teacher(config: TeacherTrainingConfig) -> Path:
     """Train and save the teacher's model folder; returns its path."""
     import mlflow
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -29,9 +29,7 @@ def train_teacher(config: TeacherTrainingConfig) -> Path:
     uri = tracking_uri(config.tracking.tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(config.tracking.experiment)
-    if not ray.is_initialized():
-        ray.init()  # attaches to RAY_ADDRESS when set (ray job submit), else starts a local cluster
-    ray.data.DataContext.get_current().enable_progress_bars = False  # our own status line reports progress
+    connect(config.num_workers * config.cpus_per_worker + 1)
     start = time.perf_counter()
     with mlflow.start_run(run_name="teacher") as run:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(config)).items()})

@@ -10,18 +10,13 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from orchestrator.config import TeacherTrainingConfig
 from orchestrator.config_loading import from_dict
 from workers.data import batch_to_arrays
+from workers.losses import denoising_loss
 from workers.models import ModelManifest, build_unet, save_model_folder
 from workers.schedule import NoiseSchedule
-
-
-def denoising_loss(output: torch.Tensor, schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Unweighted MSE to the prediction type's target (the teacher's and the critic's loss)."""
-    return F.mse_loss(output.float(), schedule.training_target(x0, eps, t).float())
 
 
 def drop_labels(labels: torch.Tensor, null_label: int, probability: float, generator: torch.Generator) -> torch.Tensor:

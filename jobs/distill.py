@@ -1,0 +1,43 @@
+"""Distill a teacher into a few-step student with DMD2 on Ray role groups.
+
+    python -m jobs.distill --config jobs/configs/digits.yaml --output runs/digits [--dry-run] [--set field=value ...]
+"""
+
+import argparse
+from pathlib import Path
+
+from jobs.cli import run_main
+from orchestrator.config import DistillConfig
+from orchestrator.config_loading import load_config, to_dict
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(prog="python -m jobs.distill", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=CONFIGS / "digits.yaml")
+    parser.add_argument("--output", type=Path, default=None, help="run folder: student/, checkpoints/, summary.json (default: the config's output)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a config field, e.g. --set generator_steps=50")
+    parser.add_argument("--dry-run", action="store_true", help="check the config and its inputs, print the resolved config, start nothing")
+    args = parser.parse_args(argv)
+    overrides = args.overrides + ([f"output={args.output}"] if args.output else [])
+    config = load_config(DistillConfig, args.config, overrides)
+    if args.dry_run:
+        import yaml
+
+        from orchestrator.distill import check_inputs
+
+        if Path(config.teacher).exists() or config.teacher_recipe is None:
+            check_inputs(config)
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        print("# config and inputs OK (dry run: nothing started)")
+        return None
+    from orchestrator.distill import distill
+
+    summary = distill(config)
+    print(f"student saved to {summary['student']}; summary in {Path(config.output) / 'summary.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    run_main(main)

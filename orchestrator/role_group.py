@@ -1,0 +1,107 @@
+"""A role group: the ranks of one role as Ray actors in a placement group, one DeepSpeed world.
+
+`call_async(method, ...)` calls every rank and returns refs; `call(...)` is `ray.get` of that.
+Placement: each role reserves a placement group of one bundle per rank up front; when the cluster
+cannot satisfy it within `timeout_s`, the error names the role and the missing resources.
+"""
+
+import math
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from orchestrator.config import RoleConfig
+from workers.errors import UserError
+
+RESOURCE_PER_RANK = 0.01  # a rank takes a sliver of a node's custom resource: it marks the node kind
+
+
+class PlacementError(UserError):
+    """The cluster cannot host a role as configured."""
+
+
+def connect(logical_cpus: float = 0) -> None:
+    """Attach to the cluster in RAY_ADDRESS (`ray job submit`, `ray start`), else start a local one.
+
+    A local cluster gets at least `logical_cpus` logical CPUs: on a laptop every role shares the same
+    cores, and reservations only need to fit, not to match cores (each rank sets its own threads).
+    """
+    import os
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(logical_cpus)))
+    ray.data.DataContext.get_current().enable_progress_bars = False  # jobs print their own status lines
+
+
+def schedulable(resources: dict) -> dict:
+    """Cluster resources a user configures (CPU, GPU, custom), without Ray's internal ones."""
+    internal = ("node:", "CPU_group", "GPU_group", "bundle_group", "memory", "object_store_memory")
+    return {k: v for k, v in resources.items() if not k.startswith(internal) and "_group_" not in k}
+
+
+def bundle(config: RoleConfig) -> dict[str, float]:
+    resources = {"CPU": config.cpus_per_rank}
+    if config.gpus_per_rank:
+        resources["GPU"] = config.gpus_per_rank
+    if config.node_resource:
+        resources[config.node_resource] = RESOURCE_PER_RANK
+    return resources
+
+
+class RoleGroup:
+    def __init__(self, name: str, actor_class: type, config: RoleConfig, seed: int, timeout_s: float = 60.0):
+        self.name, self.config = name, config
+        self.placement = placement_group([bundle(config)] * config.ranks, strategy="PACK", name=f"{name}-{id(self)}")
+        ready, _ = ray.wait([self.placement.ready()], timeout=timeout_s)
+        if not ready:
+            remove_placement_group(self.placement)
+            raise PlacementError(
+                f"roles.{name}: the cluster could not place {config.ranks} rank(s) of {bundle(config)} within {timeout_s:.0f}s "
+                f"(cluster has {schedulable(ray.cluster_resources())} in all); lower roles.{name}.ranks or its resources, or add nodes that carry them"
+            )
+        remote_class = ray.remote(actor_class)
+        self.actors = [
+            remote_class.options(
+                name=None,
+                num_cpus=config.cpus_per_rank,
+                num_gpus=config.gpus_per_rank,
+                resources={config.node_resource: RESOURCE_PER_RANK} if config.node_resource else None,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
+            ).remote(rank, config.ranks, config.threads_per_rank, seed)
+            for rank in range(config.ranks)
+        ]
+        master_addr, master_port = ray.get(self.actors[0].address.remote())
+        # Every rank joins at once: the rendezvous waits for all of them. Each role has its own port.
+        self.node_ids = ray.get([actor.join_world.remote(master_addr, master_port) for actor in self.actors])
+
+    @property
+    def ranks(self) -> int:
+        return len(self.actors)
+
+    def call_async(self, method: str, *args, **kwargs) -> list:
+        """Call `method` on every rank with the same arguments; one ref per rank."""
+        return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
+
+    def call(self, method: str, *args, **kwargs) -> list:
+        return ray.get(self.call_async(method, *args, **kwargs))
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        remove_placement_group(self.placement)
+
+
+def shard_count(*groups: RoleGroup) -> int:
+    """Messages per batch: every rank of every role gets a whole number of them."""
+    return math.lcm(*(group.ranks for group in groups))
+
+
+def assign(shards: list, ranks: int) -> list[list]:
+    """Shards for each rank of a consumer role: contiguous, equal-sized runs."""
+    per_rank = len(shards) // ranks
+    return [shards[r * per_rank : (r + 1) * per_rank] for r in range(ranks)]

@@ -1,0 +1,109 @@
+"""The critic role: the fake score (a trainable copy of the teacher) plus the GAN head on its bottleneck."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.data import batch_to_arrays
+from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, wrap
+from workers.gan_head import bottleneck, head_for
+from workers.generator import load_engine, save_engine
+from workers.losses import denoising_loss, discriminator_loss, generator_gan_loss, sample_timesteps
+from workers.messages import CriticFeedback, GeneratedBatch, as_tensor
+from workers.models import load_model_folder
+from workers.role import RoleWorker
+from workers.schedule import NoiseSchedule
+
+
+@dataclass
+class CriticSetup:
+    micro_batch: int
+    discriminator_weight: float
+    generator_gan_weight: float  # > 0: the critic runs its GAN head and needs real data
+    optimizer: OptimizerConfig
+    sharding: ShardingConfig
+
+
+class CriticModel(nn.Module):
+    """The fake-score UNet and the GAN head as one module, so one optimizer steps both."""
+
+    def __init__(self, unet, num_classes: int, schedule: NoiseSchedule):
+        super().__init__()
+        self.unet, self.head = unet, head_for(unet)
+        self.num_classes, self.schedule = num_classes, schedule
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The fake score's raw output (b, C, H, W)."""
+        return self.unet(x_t, t, class_labels=labels if self.num_classes else None).sample
+
+    def logits(self, x0: torch.Tensor, labels: torch.Tensor | None, rng: torch.Generator) -> torch.Tensor:
+        """GAN logits (b,): x0 noised to t ~ UniformInt[0, T), told t, through encoder, mid block and head."""
+        t = sample_timesteps(x0.shape[0], 0, self.schedule.num_train_timesteps - 1, rng)
+        x_t = self.schedule.add_noise(x0, torch.randn(x0.shape, generator=rng), t)
+        return self.head(bottleneck(self.unet, x_t, t, labels if self.num_classes else None))
+
+
+class Critic(RoleWorker):
+    role = "critic"
+
+    def setup(self, teacher_dir: Path, setup: CriticSetup, real_data=None) -> None:
+        """`real_data`: this rank's Ray Data iterator over real images (needed when the GAN is on)."""
+        folder = load_model_folder(teacher_dir, self.device)  # the fake score starts as the teacher
+        self.config, self.schedule = setup, folder.schedule
+        self.model = CriticModel(folder.unet.train().requires_grad_(True), folder.manifest.num_classes, folder.schedule)
+        self.engine = wrap(self.model, setup.optimizer, setup.sharding, setup.micro_batch)
+        self.shape = tuple(self.model.unet.config[k] for k in ("in_channels", "sample_size", "sample_size"))
+        self.real_batches = self._real_batches(real_data) if setup.generator_gan_weight > 0 else None
+
+    def _real_batches(self, iterator):
+        """Endless real batches (images, labels) from this rank's data split, epoch after epoch."""
+        if iterator is None:
+            raise ValueError("the GAN is on but the critic got no real data")
+        while True:
+            for batch in iterator.iter_batches(batch_size=self.config.micro_batch, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * self.config.micro_batch):
+                yield batch_to_arrays(batch, self.shape)
+
+    def train_step(self, seed: int, *fakes: GeneratedBatch) -> dict[str, float]:
+        """One critic update: denoising loss on the generator's samples (+ discriminator loss on real vs fake)."""
+        with self.timed("train_step"):
+            rng = self.generator_for(seed)
+            x0 = as_tensor(np.concatenate([f.x0 for f in fakes]))  # (b, C, H, W)
+            labels = None if fakes[0].labels is None else as_tensor(np.concatenate([f.labels for f in fakes]))
+            eps = torch.randn(x0.shape, generator=rng)
+            t = sample_timesteps(x0.shape[0], 0, self.schedule.num_train_timesteps - 1, rng)
+            loss_denoise = denoising_loss(self.engine(self.schedule.add_noise(x0, eps, t), t, labels), self.schedule, x0, eps, t)
+            loss, metrics = loss_denoise, {"critic/denoising_loss": loss_denoise.item()}
+            if self.real_batches is not None:
+                real_images, real_labels = next(self.real_batches)
+                logits_real = self.model.logits(as_tensor(real_images), None if real_labels is None else as_tensor(real_labels), rng)
+                logits_fake = self.model.logits(x0, labels, rng)
+                loss_d = discriminator_loss(logits_real, logits_fake)
+                loss = loss + self.config.discriminator_weight * loss_d
+                metrics |= {"critic/discriminator_loss": loss_d.item(), "critic/logits_real": logits_real.mean().item(), "critic/logits_fake": logits_fake.mean().item()}
+            self.engine.backward(loss)
+            self.engine.step()
+            return metrics | {"critic/grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
+
+    def feedback(self, batch: GeneratedBatch) -> CriticFeedback:
+        """The critic's x0 at (x_t, t) and the generator's GAN-loss gradient wrt x0; its weights untouched."""
+        with self.timed("feedback"):
+            labels = None if batch.labels is None else as_tensor(batch.labels)
+            x_t, t = as_tensor(batch.x_t), as_tensor(batch.t)
+            with torch.no_grad():
+                x0_critic = self.schedule.to_x0(self.model(x_t, t, labels), x_t, t)
+            if self.real_batches is None:
+                return CriticFeedback(x0_critic.float().numpy(), None, 0.0)
+            x0 = as_tensor(batch.x0).requires_grad_(True)
+            gan_loss = generator_gan_loss(self.model.logits(x0, labels, self.generator_for(int(batch.t.sum()))))
+            # Gradient of the per-sample sum, wrt x0 only (no parameter gradients): the generator divides by its batch.
+            (gan_grad,) = torch.autograd.grad(gan_loss * x0.shape[0], [x0])
+            return CriticFeedback(x0_critic.float().numpy(), gan_grad.float().numpy(), gan_loss.item())
+
+    def save(self, directory: Path) -> None:
+        save_engine(self.engine, self.model, Path(directory), self.rank)
+
+    def load(self, directory: Path) -> None:
+        load_engine(self.engine, self.model, Path(directory), self.rank)

@@ -1,0 +1,51 @@
+"""DMD2's losses as pure tensor functions (ALGORITHMS.md); no Ray, no DeepSpeed.
+
+Shapes: images (B, C, H, W); logits (B,) or (B, 1); timesteps (B,) int64.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from workers.schedule import NoiseSchedule
+
+
+def dm_gradient(x0_fake: torch.Tensor, x0_real: torch.Tensor, x0_critic: torch.Tensor) -> torch.Tensor:
+    """The distribution-matching direction, per-sample normalised (DMD2 eq. 3's weighting).
+
+    (x0_critic - x0_real) / mean_{C,H,W} |x0_fake - x0_real|: descending it moves x0_fake toward
+    the teacher's (real) score and away from the critic's (fake) one. Computed in float64.
+    """
+    fake, real, critic = x0_fake.detach().double(), x0_real.double(), x0_critic.double()
+    weight = (fake - real).abs().mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    return torch.nan_to_num((critic - real) / weight).to(x0_fake.dtype)
+
+
+def dm_loss(x0_fake: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """0.5 * mean((x0_fake - stopgrad(x0_fake - gradient))^2): its gradient wrt x0_fake is gradient / numel."""
+    target = (x0_fake - gradient).detach()
+    return 0.5 * F.mse_loss(x0_fake.float(), target.float())
+
+
+def denoising_loss(output: torch.Tensor, schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Unweighted MSE to the prediction type's target: the teacher's and the critic's loss."""
+    return F.mse_loss(output.float(), schedule.training_target(x0, eps, t).float())
+
+
+def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating GAN, discriminator side: softplus(l_fake) + softplus(-l_real)."""
+    return F.softplus(logits_fake.float()).mean() + F.softplus(-logits_real.float()).mean()
+
+
+def generator_gan_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating GAN, generator side: softplus(-l_fake)."""
+    return F.softplus(-logits_fake.float()).mean()
+
+
+def surrogate_loss(x: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """A scalar whose gradient wrt x is `gradient` (computed elsewhere, e.g. by another role)."""
+    return (x.float() * gradient.detach().float()).sum()
+
+
+def sample_timesteps(batch: int, low: int, high: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """t ~ UniformInt[low, high] inclusive, (batch,) int64."""
+    return torch.randint(low, high + 1, (batch,), generator=generator)
