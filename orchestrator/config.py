@@ -78,7 +78,7 @@ class RoleConfig:
     threads_per_rank: int = 2
     """torch intra-op threads per rank."""
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(learning_rate=1e-5, warmup_steps=0))
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     """Ignored for the frozen teacher."""
 
     def check(self, where: str = "") -> None:

@@ -9,10 +9,10 @@ import torch
 class OptimizerConfig:
     """AdamW with DeepSpeed's linear warm-up to a constant learning rate (DMD2's recipe)."""
 
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-5
     """Peak learning rate, reached after warmup_steps."""
-    warmup_steps: int = 100
-    """Linear warm-up steps from 0."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 (0: constant learning rate from the first step)."""
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 10.0
@@ -47,24 +47,21 @@ class ShardingConfig:
 
 def deepspeed_config(optimizer: OptimizerConfig, sharding: ShardingConfig, micro_batch: int) -> dict:
     """The DeepSpeed JSON config for one trained role."""
-    return {
+    config = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": optimizer.grad_clip,
         "zero_optimization": {"stage": sharding.zero_stage},
         "bf16": {"enabled": sharding.bf16},
-        "scheduler": {
-            "type": "WarmupLR",
-            "params": {
-                "warmup_min_lr": 0.0,
-                "warmup_max_lr": optimizer.learning_rate,
-                "warmup_num_steps": max(optimizer.warmup_steps, 1),
-                "warmup_type": "linear",
-            },
-        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if optimizer.warmup_steps > 0:  # WarmupLR starts at lr 0: only when a warm-up is asked for
+        config["scheduler"] = {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": optimizer.learning_rate, "warmup_num_steps": optimizer.warmup_steps, "warmup_type": "linear"},
+        }
+    return config
 
 
 def wrap(model: torch.nn.Module, optimizer: OptimizerConfig, sharding: ShardingConfig, micro_batch: int):

@@ -14,6 +14,8 @@ a direction for noise, the failure of an under-denoised sampler.
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from sklearn.model_selection import train_test_split
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from workers.data import ImageArrays, digits_arrays
@@ -125,6 +128,20 @@ class Yardstick:
 # ---------------------------------------------------------------- training and cache
 
 
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch and BLAS on one thread, then restore. The tensors here are small, so extra threads
+    buy little, and on a busy machine they spin-wait: several times slower on 2 shared cores. One
+    thread also makes training bit-identical whatever the core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def digits_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed stratified (train indices, test indices) of the digits."""
     indices = np.arange(len(labels))
@@ -168,6 +185,7 @@ def predict(model: FeatureClassifier, images: np.ndarray) -> np.ndarray:
     return _apply(model, images, "forward").argmax(axis=1)
 
 
+@single_threaded()
 def train_classifier(config: ClassifierConfig, data: ImageArrays) -> TrainedClassifier:
     """Train one yardstick classifier from scratch; the same config gives the same weights."""
     assert data.labels is not None
@@ -179,13 +197,7 @@ def train_classifier(config: ClassifierConfig, data: ImageArrays) -> TrainedClas
     x = torch.from_numpy(data.images[train_idx])  # (N_train, 1, 8, 8)
     y = torch.from_numpy(data.labels[train_idx])  # (N_train,)
     model.train()
-    threads = torch.get_num_threads()
-    # One thread: bit-identical weights whatever the core count, and tiny layers gain nothing from more.
-    torch.set_num_threads(1)
-    try:
-        _fit(model, x, y, config, generator)
-    finally:
-        torch.set_num_threads(threads)
+    _fit(model, x, y, config, generator)
     accuracy = float((predict(model, data.images[test_idx]) == data.labels[test_idx]).mean())
     return TrainedClassifier(model, config, test_accuracy=accuracy)
 
@@ -353,6 +365,7 @@ def _flatten(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1)  # (N, C, H, W) -> (N, C*H*W)
 
 
+@single_threaded()
 def evaluate_images(
     images: np.ndarray, labels: np.ndarray | None, reference: ImageArrays, yardstick: Yardstick
 ) -> dict[str, float | None]:

@@ -115,7 +115,8 @@ def save_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> N
     directory.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-    save_tree({"optimizer": engine.optimizer.state_dict(), "lr_scheduler": engine.lr_scheduler.state_dict()}, directory / f"optimizer-rank{rank}")
+    scheduler = engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None
+    save_tree({"optimizer": engine.optimizer.state_dict(), "lr_scheduler": scheduler}, directory / f"optimizer-rank{rank}")
 
 
 def load_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> None:
@@ -126,4 +127,5 @@ def load_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> N
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
     state = load_tree(directory / f"optimizer-rank{rank}")
     engine.optimizer.load_state_dict(state["optimizer"])
-    engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if engine.lr_scheduler is not None:
+        engine.lr_scheduler.load_state_dict(state["lr_scheduler"])

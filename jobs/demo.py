@@ -1,0 +1,107 @@
+"""The demo: digits data, a teacher, one- and four-step DMD2 students, and one table comparing them.
+
+    python -m jobs.demo [--root runs/demo] [--fresh]
+
+Steps whose output already exists are reused (delete the folder or pass --fresh to redo them).
+"""
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from jobs.cli import run_main
+from orchestrator.config import DistillConfig, TeacherTrainingConfig
+from orchestrator.config_loading import load_config
+
+CONFIGS = Path(__file__).parent / "configs"
+FOUR_STEPS = "[999,749,499,249]"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--data", type=Path, default=Path("runs/data/digits"))
+    parser.add_argument("--fresh", action="store_true", help="redo every step even when its output exists")
+    parser.add_argument("--num", type=int, default=1000, help="samples per evaluated row")
+    args = parser.parse_args(argv)
+    if args.fresh:
+        shutil.rmtree(args.root, ignore_errors=True)
+    timings: dict[str, float] = {}
+
+    with timed(timings, "data"):
+        from jobs.prepare_data import main as prepare_data
+
+        prepare_data(["--out", str(args.data)])
+    teacher = args.root / "teacher"
+    with timed(timings, "teacher"):
+        if not teacher.exists():
+            from orchestrator.teacher_training import train_teacher
+
+            train_teacher(load_config(TeacherTrainingConfig, CONFIGS / "teacher_digits.yaml", [f"data={args.data}", f"output={teacher}"]))
+    students = {"student": None, "student4": FOUR_STEPS}
+    for name, timesteps in students.items():
+        with timed(timings, name):
+            if not (args.root / name).exists():
+                distill_student(args, teacher, args.root / name, timesteps)
+
+    with timed(timings, "evaluation"):
+        rows = evaluate_rows(args, teacher)
+    table = format_table(rows)
+    print(table)
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    (args.root / "table.md").write_text(table + "\n")
+    (args.root / "demo.json").write_text(json.dumps({"rows": rows, "seconds": timings}, indent=2))
+    return rows
+
+
+def distill_student(args, teacher: Path, destination: Path, timesteps: str | None) -> None:
+    from orchestrator.distill import distill
+
+    run = args.root / f"distill-{destination.name}"
+    overrides = [f"teacher={teacher}", f"data={args.data}", f"output={run}"] + ([f"dmd2.timesteps={timesteps}"] if timesteps else [])
+    summary = distill(load_config(DistillConfig, CONFIGS / "digits.yaml", overrides))
+    shutil.copytree(summary["student"], destination)
+
+
+def evaluate_rows(args, teacher: Path) -> list[dict]:
+    from orchestrator.student import StudentEvaluator
+    from workers.data import read_arrays
+    from workers.images import save_grid
+    from workers.inference import sample_from_folder
+
+    evaluate = StudentEvaluator(read_arrays(args.data), args.num)
+    rows = []
+    for name, folder, steps in [("teacher, 50 DDIM steps", teacher, 50), ("teacher, 4 DDIM steps", teacher, 4), ("student, 1 step", args.root / "student", None), ("student, 4 steps", args.root / "student4", None)]:
+        rows.append({"model": name, **evaluate(folder, steps)})
+        grid = args.root / "grids" / (name.replace(", ", "_").replace(" ", "_") + ".png")
+        save_grid(sample_from_folder(folder, steps, 100, 0).images, grid)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    columns = [("model", "model", "{}"), ("fd", "FD", "{:.2f}"), ("fd_mlp", "FD (MLP)", "{:.2f}"), ("fd_pixels", "FD (pixels)", "{:.2f}"),
+               ("class_accuracy", "class acc.", "{:.3f}"), ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+               ("network_passes", "passes", "{:.0f}"), ("seconds_per_image", "ms/image", "{:.3f}")]
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        values = [fmt.format(row[key] * 1000 if key == "seconds_per_image" else row[key]) if row.get(key) is not None else "-" for key, _, fmt in columns]
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+class timed:
+    def __init__(self, timings: dict, name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = time.perf_counter() - self.start
+        print(f"[demo] {self.name}: {self.timings[self.name]:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)
