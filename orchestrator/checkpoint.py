@@ -19,8 +19,7 @@ PROGRESS = "progress.json"
 
 
 def save_checkpoint(groups, root: Path, progress, keep: int = 3) -> Path:
-    from orchestrator.distill import Progress  # noqa: F401  (the type of `progress`)
-
+    """Save critic and generator (every rank) and `progress` (an orchestrator.distill.Progress)."""
     root = Path(root)
     final = root / f"step-{progress.generator_steps:06d}"
     staging = root / f".staging-{final.name}"

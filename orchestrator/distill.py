@@ -58,21 +58,16 @@ def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
     """Start the teacher, critic and generator groups and load their models."""
     import ray
 
-    from workers.critic import Critic, CriticSetup
+    from workers.critic import Critic
     from workers.data import ray_dataset
-    from workers.generator import Generator, GeneratorSetup
+    from workers.generator import Generator
     from workers.teacher import Teacher
 
     roles, d = config.roles, config.dmd2
     groups = Roles(RoleGroup("teacher", Teacher, roles.teacher, config.seed), RoleGroup("critic", Critic, roles.critic, config.seed), RoleGroup("generator", Generator, roles.generator, config.seed))
     gan = d.gan_generator_weight > 0
     splits = ray_dataset(config.data).materialize().streaming_split(roles.critic.ranks, equal=True) if gan else [None] * roles.critic.ranks
-    generator_setup = GeneratorSetup(
-        timesteps=list(d.timesteps), micro_batch=config.batch_size // roles.generator.ranks,
-        dm_t_min=int(d.dm_t_min * num_train_timesteps), dm_t_max=min(int(d.dm_t_max * num_train_timesteps), num_train_timesteps - 1),
-        dm_weight=d.dm_weight, gan_weight=d.gan_generator_weight, optimizer=roles.generator.optimizer, sharding=roles.generator.sharding,
-    )
-    critic_setup = CriticSetup(config.batch_size // roles.critic.ranks, d.gan_discriminator_weight, d.gan_generator_weight, roles.critic.optimizer, roles.critic.sharding)
+    generator_setup, critic_setup = role_setups(config, num_train_timesteps)
     teacher = str(Path(config.teacher).resolve())
     ray.get(
         groups.teacher.call_async("setup", teacher, d.guidance_scale)
@@ -80,6 +75,21 @@ def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
         + groups.generator.call_async("setup", teacher, generator_setup)
     )
     return groups
+
+
+def role_setups(config: DistillConfig, num_train_timesteps: int):
+    """What the generator and critic need to know, per rank."""
+    from workers.critic import CriticSetup
+    from workers.generator import GeneratorSetup
+
+    roles, d = config.roles, config.dmd2
+    generator_setup = GeneratorSetup(
+        timesteps=list(d.timesteps), micro_batch=config.batch_size // roles.generator.ranks,
+        dm_t_min=int(d.dm_t_min * num_train_timesteps), dm_t_max=min(int(d.dm_t_max * num_train_timesteps), num_train_timesteps - 1),
+        dm_weight=d.dm_weight, gan_weight=d.gan_generator_weight, optimizer=roles.generator.optimizer, sharding=roles.generator.sharding,
+    )
+    critic_setup = CriticSetup(config.batch_size // roles.critic.ranks, d.gan_discriminator_weight, d.gan_generator_weight, roles.critic.optimizer, roles.critic.sharding)
+    return generator_setup, critic_setup
 
 
 def generate(groups: Roles, request) -> list:

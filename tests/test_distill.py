@@ -12,20 +12,6 @@ from orchestrator.config_loading import load_config
 CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 
 
-@pytest.fixture(scope="session")
-def tiny_teacher(tmp_path_factory, ray_local):
-    """Digits data and a tiny teacher trained with Ray Train + DeepSpeed, once per session."""
-    from orchestrator.config import TeacherTrainingConfig
-    from orchestrator.teacher_training import train_teacher
-    from workers.data import digits_arrays, write_shards
-
-    root = tmp_path_factory.mktemp("tiny")
-    write_shards(digits_arrays(), root / "data")
-    config = load_config(TeacherTrainingConfig, CONFIGS / "teacher_tiny.yaml", [f"data={root / 'data'}", f"output={root / 'teacher'}", "steps=30"])
-    train_teacher(config)
-    return root
-
-
 @pytest.fixture(autouse=True)
 def mlflow_store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

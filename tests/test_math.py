@@ -38,6 +38,16 @@ STUDENT_TIMESTEPS = [999, 749, 499, 249]
 UNET_32 = UNetConfig(sample_size=32, block_out_channels=(16, 32), norm_num_groups=8)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core machine two OpenMP threads
+    spin against each other (a tiny UNet forward measured 1 s instead of 16 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def schedule_for(prediction_type: str = "epsilon", **kwargs) -> NoiseSchedule:
     return NoiseSchedule.from_scheduler_config(ScheduleConfig(prediction_type=prediction_type, **kwargs).scheduler_config())
 
@@ -69,7 +79,7 @@ def test_to_x0_and_to_eps_invert_add_noise(prediction_type):
     out = schedule.training_target(x0, eps, t)
     torch.testing.assert_close(schedule.to_x0(out, x_t, t), x0, rtol=0, atol=1e-12)
     torch.testing.assert_close(schedule.to_eps(x0, x_t, t), eps, rtol=0, atol=1e-12)
-    # A wrong network output gives a wrong x0 (the check can fail), except for t where it can't matter.
+    # A wrong network output gives a wrong x0: the check can fail.
     assert not torch.allclose(schedule.to_x0(out + 0.1, x_t, t), x0, atol=1e-3)
 
 
@@ -163,11 +173,6 @@ def test_dm_gradient_nan_to_num_when_fake_equals_real():
     assert torch.equal(grad[0], torch.zeros_like(grad[0]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="source bug: dm_gradient's nan_to_num runs in float64 and maps x/0 to 1.8e308, which is inf in float32 "
-    "and makes dm_loss inf; see the report",
-)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dm_gradient_and_loss_stay_finite_when_fake_equals_real_but_critic_differs(dtype):
     g = torch.Generator().manual_seed(6)
@@ -325,14 +330,7 @@ def test_gan_head_on_bottleneck_gives_one_logit_per_sample(config, feature_shape
     "config",
     [
         UNetConfig(),
-        pytest.param(
-            UNET_32,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="source bug: GanHead's GroupNorm at 1x1 with 32 channels in 32 groups normalises single values to 0, "
-                "so the logit is the same constant for every input; see the report",
-            ),
-        ),
+        UNET_32,
     ],
     ids=["8x8", "32x32"],
 )
@@ -504,18 +502,21 @@ def test_ddim_sample_matches_diffusers_ddim_scheduler(sd_schedule, eps_unet):
     assert (sample_with_scheduler(eps_fn, other, noise) - ours).abs().max().item() > 1e-4 * scale  # observed 9e-4
 
 
-def test_ddim_with_exact_gaussian_teacher_lands_on_the_data_mean_direction(sd_schedule):
-    """With the exact Gaussian x0 predictor, one DDIM step from t=999 returns E[x0 | x_T] exactly."""
+def test_ddim_with_exact_gaussian_teacher_follows_the_probability_flow(sd_schedule):
+    """With the exact Gaussian x0 predictor, DDIM converges to the Gaussian's probability-flow map.
+
+    For data N(mu, s^2 I) the ODE is linear: x_T maps to mu + s (x_T - alpha_T mu) / sqrt(alpha_T^2 s^2 + sigma_T^2).
+    DDIM is first order: observed max error 0.0067 with all 1000 timesteps, 0.028 with 200, 0.20 with 20.
+    """
     mu, s = torch.tensor([0.5, -0.5, 1.0, 0.0], dtype=torch.float64).view(1, 1, 2, 2), 0.5
-    x_fn = lambda x, t: gaussian_x0(sd_schedule, x, t, mu, s)
-    noise = torch.randn((2, 1, 2, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(29))
-    torch.testing.assert_close(ddim_sample(x_fn, sd_schedule, noise, [999]), x_fn(noise, timestep_batch(999, noise)), rtol=0, atol=0)
-    # Deterministic DDIM with the exact posterior mean maps N(0, I) to roughly N(mu, s^2): the
-    # probability-flow ODE of a Gaussian is linear, and 50 steps track it closely.
-    noise = torch.randn((4000, 1, 2, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(30))
-    out = ddim_sample(x_fn, sd_schedule, noise, list(range(999, -1, -20)))
-    torch.testing.assert_close(out.mean(0, keepdim=True), mu, rtol=0, atol=0.05)
-    assert out.std(0).mean().item() == pytest.approx(s, abs=0.05)
+    x0_fn = lambda x, t: gaussian_x0(sd_schedule, x, t, mu, s)
+    noise = torch.randn((256, 1, 2, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(29))
+    # One step from t = 999 is the posterior mean itself.
+    assert torch.equal(ddim_sample(x0_fn, sd_schedule, noise, [999]), x0_fn(noise, timestep_batch(999, noise)))
+    alpha, sigma = sd_schedule.alpha_sigma(torch.tensor([999]))
+    flow = mu + s * (noise - alpha * mu) / (alpha**2 * s**2 + sigma**2).sqrt()
+    errors = [(ddim_sample(x0_fn, sd_schedule, noise, list(range(999, -1, -stride))) - flow).abs().max().item() for stride in (1, 5, 50)]
+    assert errors[0] < 0.02 and errors[0] < errors[1] < errors[2], errors
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ class GanHead(nn.Module):
         while size > 4:
             layers += [nn.Conv2d(channels, channels, 4, stride=2, padding=1), group_norm(channels), nn.SiLU()]
             size //= 2
-        layers += [nn.Conv2d(channels, channels, size, stride=size), group_norm(channels), nn.SiLU(), nn.Conv2d(channels, 1, 1)]
+        # At 1x1 a group of gcd(32, C) channels holds one or two values, which normalise to constants
+        # or signs; one group over all channels keeps the logit a function of the input.
+        layers += [nn.Conv2d(channels, channels, size, stride=size), nn.GroupNorm(1, channels), nn.SiLU(), nn.Conv2d(channels, 1, 1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

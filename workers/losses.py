@@ -17,7 +17,8 @@ def dm_gradient(x0_fake: torch.Tensor, x0_real: torch.Tensor, x0_critic: torch.T
     """
     fake, real, critic = x0_fake.detach().double(), x0_real.double(), x0_critic.double()
     weight = (fake - real).abs().mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    return torch.nan_to_num((critic - real) / weight).to(x0_fake.dtype)
+    # A sample whose fake equals the teacher's x0 has zero weight: it gets no push, not an inf.
+    return torch.nan_to_num((critic - real) / weight, nan=0.0, posinf=0.0, neginf=0.0).to(x0_fake.dtype)
 
 
 def dm_loss(x0_fake: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""One TTUR cycle (N critic updates + one generator update) through the Ray role actors, against the
+same endpoint methods called in one process. Reports the ratio and where the actor time goes.
+
+    python bench/cycle_overhead.py [--teacher runs/demo/teacher] [--cycles 10] [--batch 128]
+"""
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def in_process_roles(config, num_train_timesteps: int):
+    """Teacher, critic and generator as plain objects in this process (one gloo world of size 1)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29631", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    import deepspeed
+
+    from orchestrator.distill import role_setups
+    from workers.critic import Critic
+    from workers.generator import Generator
+    from workers.teacher import Teacher
+
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    generator_setup, critic_setup = role_setups(config, num_train_timesteps)
+    teacher, critic, generator = Teacher(0, 1, 2, config.seed), Critic(0, 1, 2, config.seed), Generator(0, 1, 2, config.seed)
+    teacher_dir = str(Path(config.teacher).resolve())
+    teacher.setup(teacher_dir, config.dmd2.guidance_scale)
+    critic.setup(teacher_dir, critic_setup, real_data=None)
+    generator.setup(teacher_dir, generator_setup)
+    return teacher, critic, generator
+
+
+def in_process_cycle(teacher, critic, generator, config, step: int) -> None:
+    from workers.messages import GenerateRequest
+
+    for i in range(config.dmd2.critic_updates_per_generator_update):
+        critic.train_step(step * 1000 + i, generator.generate(GenerateRequest(step * 1000 + i, 0, keep_graph=False, shards=1)))
+    fake = generator.generate(GenerateRequest(step * 1000 + 999, 0, keep_graph=True, shards=1))
+    generator.update(1, teacher.x0(fake), critic.feedback(fake))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", type=Path, default=Path("runs/demo/teacher"))
+    parser.add_argument("--cycles", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    import ray
+
+    from orchestrator.config import DistillConfig
+    from orchestrator.config_loading import load_config
+    from orchestrator.distill import cycle, mean_metrics, start_roles
+    from orchestrator.role_group import connect
+
+    # The GAN is off here: real-data streaming is measured with the roles, not with the cycle math.
+    config = load_config(DistillConfig, Path("jobs/configs/digits.yaml"), [f"teacher={args.teacher}", f"batch_size={args.batch}", "dmd2.gan_generator_weight=0"])
+    connect(4)
+    groups = start_roles(config, 1000)
+    cycle(groups, config, 0, np.random.default_rng(0))  # warm-up
+    [g.call("take_seconds") for g in groups.all()]
+    start = time.perf_counter()
+    for step in range(1, args.cycles + 1):
+        cycle(groups, config, step, np.random.default_rng(step))
+    actor_seconds = (time.perf_counter() - start) / args.cycles
+    compute = mean_metrics([s for g in groups.all() for s in g.call("take_seconds")])
+    compute = {k: v / args.cycles for k, v in compute.items()}
+    for group in groups.all():
+        group.shutdown()
+    ray.shutdown()
+
+    roles = in_process_roles(config, 1000)
+    in_process_cycle(*roles, config, 0)
+    start = time.perf_counter()
+    for step in range(1, args.cycles + 1):
+        in_process_cycle(*roles, config, step)
+    single_seconds = (time.perf_counter() - start) / args.cycles
+
+    busy = sum(compute.values())
+    result = {
+        "batch": args.batch, "critic_updates_per_generator_update": config.dmd2.critic_updates_per_generator_update,
+        "single_process_cycle_s": single_seconds, "role_actor_cycle_s": actor_seconds, "ratio": actor_seconds / single_seconds,
+        "actor_compute_s_per_cycle": compute, "actor_compute_sum_s": busy,
+        "transport_and_waiting_s": actor_seconds - busy,
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
