@@ -28,8 +28,10 @@ def inference_scheduler(folder: ModelFolder, steps: int | None):
     if manifest.kind == "teacher":
         if steps is None or steps < 1:
             raise UserError(f"--steps {steps}: a teacher samples with DDIM, give a step count of at least 1 (e.g. --steps 50)")
-        # Trailing spacing starts at t = T-1, where sampling starts from pure noise; clip x0 to the data range.
-        scheduler = diffusers.DDIMScheduler.from_config(config, timestep_spacing="trailing", clip_sample=True)
+        # Trailing spacing starts at t = T-1, where sampling starts from pure noise. No x0 clipping:
+        # digits sit on the -1 boundary, and clipping folds the excess back into the noise estimate
+        # (50-step FD 69 with it, 9.4 without).
+        scheduler = diffusers.DDIMScheduler.from_config(config, timestep_spacing="trailing", clip_sample=False)
         scheduler.set_timesteps(steps)
         return scheduler
     trained = len(manifest.timesteps)
