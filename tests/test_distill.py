@@ -104,15 +104,16 @@ def test_bad_configs_are_one_line_errors(tiny_teacher):
     import subprocess
     import sys
 
-    cases = {
-        "dmd2.timesteps=[499,999]": "strictly decreasing",
-        "dmd2.critic_updates_per_generator_update=0": "at least 1",
-        "roles.critic.rank=2": "unknown field",
-        "batch_size=abc": "expected int",
-        "teacher=/nonexistent/teacher": "does not exist",
-    }
-    for override, message in cases.items():
-        done = subprocess.run([sys.executable, "-m", "jobs.distill", "--config", str(CONFIGS / "tiny.yaml"), "--set", f"data={tiny_teacher / 'data'}", "--set", override, "--dry-run"],
+    cases = [
+        (["dmd2.timesteps=[499,999]"], "strictly decreasing"),
+        (["dmd2.critic_updates_per_generator_update=0"], "at least 1"),
+        (["roles.critic.rank=2"], "unknown field"),
+        (["batch_size=abc"], "expected int"),
+        (["teacher=/nonexistent/teacher", "teacher_recipe=null"], "does not exist"),  # no recipe to make it from
+    ]
+    for overrides, message in cases:
+        sets = [arg for override in overrides for arg in ("--set", override)]
+        done = subprocess.run([sys.executable, "-m", "jobs.distill", "--config", str(CONFIGS / "tiny.yaml"), "--set", f"data={tiny_teacher / 'data'}", *sets, "--dry-run"],
                               capture_output=True, text=True, cwd=Path(__file__).parents[1])
-        assert done.returncode == 2, (override, done.stderr)
-        assert message in done.stderr and "Traceback" not in done.stderr, (override, done.stderr)
+        assert done.returncode == 2, (overrides, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (overrides, done.stderr)

@@ -81,5 +81,5 @@ def sample_folder(folder: ModelFolder, steps: int | None, num: int, seed: int, b
 
 def sample_from_folder(model_dir: Path, steps: int | None, num: int, seed: int, batch_size: int = 500, guidance_scale: float | None = None) -> SampleResult:
     """Load a model folder (safetensors only) and sample it; see `sample_folder`."""
-    torch.set_grad_enabled(False)
-    return sample_folder(load_model_folder(Path(model_dir)), steps, num, seed, batch_size, guidance_scale)
+    with torch.no_grad():
+        return sample_folder(load_model_folder(Path(model_dir)), steps, num, seed, batch_size, guidance_scale)
