@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.fresh:
         shutil.rmtree(args.root, ignore_errors=True)
     timings: dict[str, float] = {}
+    from orchestrator.distill import role_cpus
+    from orchestrator.role_group import connect
+
+    # One Ray cluster for every stage, sized for the largest (three role groups at once).
+    connect(role_cpus(load_config(DistillConfig, CONFIGS / "digits.yaml")))
 
     with timed(timings, "data"):
         from jobs.prepare_data import main as prepare_data

@@ -159,6 +159,12 @@ def run_schedule(groups: Roles, config: DistillConfig, progress: Progress, on_lo
     return progress
 
 
+def role_cpus(config: DistillConfig) -> float:
+    """Logical CPUs the three role groups reserve, plus one for the driver's Ray Data work."""
+    roles = config.roles
+    return sum(r.ranks * r.cpus_per_rank for r in (roles.teacher, roles.critic, roles.generator)) + 1
+
+
 def ensure_teacher(config: DistillConfig) -> None:
     """Make the teacher on first use when a recipe is given (the tiny smoke config does this)."""
     if Path(config.teacher).exists() or config.teacher_recipe is None:
@@ -190,6 +196,7 @@ def distill(config: DistillConfig) -> dict:
     from workers.inference import sample_from_folder
     from workers.models import load_model_folder
 
+    connect(role_cpus(config))  # before the teacher may be made: one cluster sized for every role
     ensure_teacher(config)
     manifest, _ = check_inputs(config)
     output = Path(config.output).resolve()
@@ -198,8 +205,6 @@ def distill(config: DistillConfig) -> dict:
     uri = tracking_uri(config.tracking.tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(config.tracking.experiment)
-    roles = config.roles
-    connect(sum(r.ranks * r.cpus_per_rank for r in (roles.teacher, roles.critic, roles.generator)) + 1)
 
     reference = read_arrays(config.data) if Path(config.data).exists() else digits_arrays()
     evaluator = StudentEvaluator(reference, config.eval_num, config.seed)
