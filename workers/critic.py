@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 from workers.data import batch_to_arrays
-from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, wrap
+from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, load_engine, save_engine, wrap
 from workers.gan_head import bottleneck, head_for
-from workers.generator import load_engine, save_engine
 from workers.losses import denoising_loss, discriminator_loss, generator_gan_loss, sample_timesteps
 from workers.messages import CriticFeedback, GeneratedBatch, as_tensor
 from workers.models import load_model_folder

@@ -1,6 +1,7 @@
 """DeepSpeed applied after a model is built: one config builder, one wrap function for every role."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -72,3 +73,28 @@ def wrap(model: torch.nn.Module, optimizer: OptimizerConfig, sharding: ShardingC
     adamw = torch.optim.AdamW(params, lr=optimizer.learning_rate, betas=optimizer.betas, weight_decay=optimizer.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=adamw, config=deepspeed_config(optimizer, sharding, micro_batch))
     return engine
+
+
+def save_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> None:
+    """Weights (rank 0) and this rank's optimizer and LR-scheduler state, as safetensors."""
+    from safetensors.torch import save_file
+
+    from workers.state_files import save_tree
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+    scheduler = engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None
+    save_tree({"optimizer": engine.optimizer.state_dict(), "lr_scheduler": scheduler}, directory / f"optimizer-rank{rank}")
+
+
+def load_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> None:
+    from safetensors.torch import load_file
+
+    from workers.state_files import load_tree
+
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    state = load_tree(directory / f"optimizer-rank{rank}")
+    engine.optimizer.load_state_dict(state["optimizer"])
+    if engine.lr_scheduler is not None:
+        engine.lr_scheduler.load_state_dict(state["lr_scheduler"])

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, wrap
+from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, load_engine, save_engine, wrap
 from workers.losses import dm_gradient, dm_loss, sample_timesteps, surrogate_loss
 from workers.messages import CriticFeedback, GeneratedBatch, GenerateRequest, as_tensor
 from workers.models import Denoiser, load_model_folder
@@ -104,28 +104,3 @@ def split_batch(batch: GeneratedBatch, shards: int) -> list[GeneratedBatch]:
     """Split along the batch axis into `shards` equal messages."""
     parts = [np.array_split(a, shards) if a is not None else [None] * shards for a in (batch.x0, batch.x_t, batch.t, batch.labels)]
     return [GeneratedBatch(*(p[i] for p in parts)) for i in range(shards)]
-
-
-def save_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> None:
-    """Weights (rank 0) and this rank's optimizer and LR-scheduler state, as safetensors."""
-    from safetensors.torch import save_file
-
-    from workers.state_files import save_tree
-
-    directory.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-    scheduler = engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None
-    save_tree({"optimizer": engine.optimizer.state_dict(), "lr_scheduler": scheduler}, directory / f"optimizer-rank{rank}")
-
-
-def load_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> None:
-    from safetensors.torch import load_file
-
-    from workers.state_files import load_tree
-
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
-    state = load_tree(directory / f"optimizer-rank{rank}")
-    engine.optimizer.load_state_dict(state["optimizer"])
-    if engine.lr_scheduler is not None:
-        engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
