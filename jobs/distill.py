@@ -4,6 +4,7 @@
 """
 
 import argparse
+import os
 from pathlib import Path
 
 from jobs.cli import run_main
@@ -25,11 +26,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.dry_run:
         import yaml
 
-        from orchestrator.distill import check_inputs
+        from orchestrator.distill import preflight
+        from orchestrator.role_group import cluster_nodes, connect, local_nodes
 
-        if Path(config.teacher).exists() or config.teacher_recipe is None:
-            check_inputs(config)
+        attached = bool(os.environ.get("RAY_ADDRESS"))
+        if attached:  # attaching starts nothing on the cluster
+            connect()
+        resume_from = preflight(config, cluster_nodes() if attached else local_nodes(), fixed_cluster=not attached)
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        if resume_from:
+            print(f"# would resume from {resume_from}")
         print("# config and inputs OK (dry run: nothing started)")
         return None
     from orchestrator.distill import distill

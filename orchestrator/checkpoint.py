@@ -2,10 +2,12 @@
 
     DIR/checkpoints/step-000100/critic/{model.safetensors, optimizer-rank*.safetensors|json}
     DIR/checkpoints/step-000100/generator/...
-    DIR/checkpoints/step-000100/progress.json     generator steps done, seconds, last metrics
+    DIR/checkpoints/step-000100/progress.json     generator steps done, seconds, metrics, MLflow run id
+    DIR/checkpoints/step-000100/manifest.json     every file above with its size, written last
 
-A checkpoint is written into a temporary folder and renamed into place, so a folder named
-step-* is always complete. The teacher is frozen: its folder is the checkpoint.
+A checkpoint is written into a temporary folder and renamed into place, and a load checks every
+file against the manifest, so a checkpoint is either whole or refused. The teacher is frozen: its
+folder is the checkpoint.
 """
 
 import json
@@ -15,18 +17,26 @@ from pathlib import Path
 
 import ray
 
-PROGRESS = "progress.json"
+from workers.errors import UserError
+
+PROGRESS, MANIFEST = "progress.json", "manifest.json"
 
 
-def save_checkpoint(groups, root: Path, progress, keep: int = 3) -> Path:
+class CheckpointError(UserError):
+    """A checkpoint folder is incomplete or not a checkpoint."""
+
+
+def save_checkpoint(groups, root: Path, progress, keep: int = 3, timeout_s: float | None = None) -> Path:
     """Save critic and generator (every rank) and `progress` (an orchestrator.distill.Progress)."""
     root = Path(root)
     final = root / f"step-{progress.generator_steps:06d}"
     staging = root / f".staging-{final.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    ray.get(groups.critic.call_async("save", str(staging / "critic")) + groups.generator.call_async("save", str(staging / "generator")))
+    ray.get(groups.critic.call_async("save", str(staging / "critic")) + groups.generator.call_async("save", str(staging / "generator")), timeout=timeout_s)
     (staging / PROGRESS).write_text(json.dumps(asdict(progress), indent=2))
+    files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
+    (staging / MANIFEST).write_text(json.dumps({"files": files}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -34,14 +44,32 @@ def save_checkpoint(groups, root: Path, progress, keep: int = 3) -> Path:
     return final
 
 
+def verify_checkpoint(path: Path) -> Path:
+    """`path` if its manifest lists every file with the right size; else CheckpointError naming what is wrong."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise CheckpointError(f"checkpoint {path} has no {MANIFEST}: it is incomplete or not a checkpoint; point resume at a complete OUTPUT/checkpoints/step-* folder")
+    for name, size in json.loads((path / MANIFEST).read_text())["files"].items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != size:
+            raise CheckpointError(f"checkpoint {path} is damaged: {name} is missing or not {size} bytes; resume from an older checkpoint")
+    return path
+
+
 def latest_checkpoint(root: Path) -> Path | None:
-    complete = sorted(p for p in Path(root).glob("step-*") if (p / PROGRESS).is_file())
-    return complete[-1] if complete else None
+    """The newest checkpoint under `root` that verifies; damaged ones are skipped with a note."""
+    for path in sorted(Path(root).glob("step-*"), reverse=True):
+        try:
+            return verify_checkpoint(path)
+        except CheckpointError as error:
+            print(f"skipping {error}", flush=True)
+    return None
 
 
-def load_checkpoint(groups, path: Path):
+def load_checkpoint(groups, path: Path, timeout_s: float | None = None):
+    """Load every trained role's state; returns the Progress saved with it."""
     from orchestrator.distill import Progress
 
-    path = Path(path)
-    ray.get(groups.critic.call_async("load", str(path / "critic")) + groups.generator.call_async("load", str(path / "generator")))
+    path = verify_checkpoint(path)
+    ray.get(groups.critic.call_async("load", str(path / "critic")) + groups.generator.call_async("load", str(path / "generator")), timeout=timeout_s)
     return Progress(**json.loads((path / PROGRESS).read_text()))

@@ -121,9 +121,28 @@ class Dmd2Config:
         require(self.critic_updates_per_generator_update >= 1, f"{where}.critic_updates_per_generator_update", f"{self.critic_updates_per_generator_update} must be at least 1 (DMD2 used 5)")
         require(len(ts) >= 1, f"{where}.timesteps", "needs at least one timestep, e.g. [999]")
         require(all(a > b for a, b in zip(ts, ts[1:])), f"{where}.timesteps", f"{ts} must be strictly decreasing, e.g. [999, 749, 499, 249]")
+        require(min(ts) >= 0, f"{where}.timesteps", f"{ts} holds a negative timestep; use teacher training timesteps 0 .. T-1")
         require(0 <= self.dm_t_min < self.dm_t_max <= 1, f"{where}.dm_t_min", f"need 0 <= dm_t_min < dm_t_max <= 1, got {self.dm_t_min} and {self.dm_t_max}")
-        require(self.dm_weight >= 0 and self.gan_generator_weight >= 0 and self.gan_discriminator_weight >= 0, where, "loss weights must not be negative")
+        for name in ("dm_weight", "gan_generator_weight", "gan_discriminator_weight"):
+            require(getattr(self, name) >= 0, f"{where}.{name}", f"{getattr(self, name)} must not be negative (0 turns that loss off)")
         require(self.dm_weight > 0 or self.gan_generator_weight > 0, f"{where}.dm_weight", "dm_weight and gan_generator_weight are both 0: the generator would learn nothing")
+
+
+@dataclass
+class FaultToleranceConfig:
+    """What a run survives: role actors dying, hangs, and non-finite numbers."""
+
+    max_restarts: int = 3
+    """Times the role groups are torn down and restarted from the last checkpoint after a role fails; one more failure ends the run."""
+    cycle_timeout_s: float = 600.0
+    """A TTUR cycle (or checkpoint, evaluation) taking longer than this counts as a role failure: a hang never goes unnoticed."""
+    max_nonfinite_in_a_row: int = 5
+    """Cycles in a row with a skipped non-finite update before the run stops with an error."""
+
+    def check(self, where: str = "") -> None:
+        require(self.max_restarts >= 0, f"{where}.max_restarts", f"{self.max_restarts} must be 0 (fail on the first role failure) or more")
+        require(self.cycle_timeout_s > 0, f"{where}.cycle_timeout_s", f"{self.cycle_timeout_s} must be positive seconds, e.g. 600")
+        require(self.max_nonfinite_in_a_row >= 1, f"{where}.max_nonfinite_in_a_row", f"{self.max_nonfinite_in_a_row} must be at least 1")
 
 
 @dataclass
@@ -152,11 +171,23 @@ class DistillConfig:
     eval_num: int = 1000
     """Samples per FD evaluation."""
     checkpoint_every: int = 100
-    """Generator steps between checkpoints (0: only at the end)."""
+    """Generator steps between checkpoints (0: none); a failed role restarts from the last one."""
+    checkpoint_keep: int = 3
+    """Complete checkpoints kept; older ones are deleted."""
+    resume: str = "auto"
+    """auto: continue from the latest complete checkpoint in OUTPUT/checkpoints, if any (same MLflow run);
+    never: start fresh, refusing an output that holds checkpoints; or the path of one checkpoint folder."""
+    fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def check(self, where: str = "") -> None:
         require(self.generator_steps >= 1, "generator_steps", f"{self.generator_steps} must be at least 1")
+        require(self.batch_size >= 1, "batch_size", f"{self.batch_size} must be at least 1")
+        require(self.log_every >= 1, "log_every", f"{self.log_every} must be at least 1")
+        require(self.eval_every >= 0 and self.checkpoint_every >= 0, "eval_every", f"eval_every={self.eval_every} and checkpoint_every={self.checkpoint_every} must be 0 (off) or positive")
+        require(self.checkpoint_keep >= 1, "checkpoint_keep", f"{self.checkpoint_keep} must be at least 1")
+        require(self.resume in ("auto", "never") or Path(self.resume).name.startswith("step-"), "resume",
+                f"{self.resume!r} must be auto, never, or a checkpoint folder OUTPUT/checkpoints/step-NNNNNN")
         for name in ("teacher", "critic", "generator"):
             ranks = getattr(self.roles, name).ranks
             require(self.batch_size % ranks == 0, "batch_size", f"{self.batch_size} must be divisible by roles.{name}.ranks={ranks}")

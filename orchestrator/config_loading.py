@@ -104,6 +104,11 @@ def convert(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
     if hint is Path and isinstance(value, str):
         return Path(value)
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))):

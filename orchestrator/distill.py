@@ -13,9 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.config import DistillConfig
-from orchestrator.config_loading import flatten, to_dict
-from orchestrator.role_group import RoleGroup, assign, connect, shard_count
-from workers.errors import ConfigError
+from orchestrator.config_loading import to_dict
+from orchestrator.role_group import RoleGroup, assign, bundle, check_placement, cluster_nodes, connect, is_role_failure, shard_count
+from workers.errors import ConfigError, UserError
+
+
+class NumericalError(UserError):
+    """Too many updates in a row had non-finite losses or gradients."""
+
+
+class RoleFailureError(UserError):
+    """Role actors kept failing past fault_tolerance.max_restarts."""
 
 
 @dataclass
@@ -30,27 +38,62 @@ class Roles:
 
 @dataclass
 class Progress:
+    """The schedule's state, saved with every checkpoint."""
+
     generator_steps: int = 0
     seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     evaluations: list[dict] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+    restarts: int = 0
+    """Times the role groups were restarted after a failure, over the whole run."""
+    nonfinite_in_a_row: int = 0
+    """Cycles in a row in which the numerical guard skipped an update."""
+    skipped_cycles: int = 0
+
+
+@dataclass
+class Hooks:
+    """What the loop calls out to: logging, evaluation and checkpoints (each gets the live groups)."""
+
+    on_log: object
+    on_eval: object
+    on_checkpoint: object
+    on_start: object = None
+    """Called with the groups each time they have started (first start and restarts)."""
+
+
+MIN_ALPHA = 1e-3  # below it, an epsilon-prediction x0 estimate amplifies errors over 1000x
 
 
 def check_inputs(config: DistillConfig):
     """Everything that can be checked before an actor starts: teacher folder, data, their agreement."""
     from workers.data import read_info
     from workers.models import check_model_folder
+    from workers.schedule import NoiseSchedule
 
-    manifest = check_model_folder(config.teacher)
+    try:
+        manifest = check_model_folder(config.teacher)
+    except UserError as error:
+        raise ConfigError(f"teacher: {error}") from None
     if manifest.kind != "teacher":
         raise ConfigError(f"teacher: {config.teacher} holds a {manifest.kind}, not a teacher; point at a folder written by jobs.train_teacher")
-    info = read_info(config.data) if config.dmd2.gan_generator_weight > 0 else None
+    try:
+        info = read_info(config.data) if config.dmd2.gan_generator_weight > 0 else None
+    except UserError as error:
+        raise ConfigError(f"data: {error}") from None
     unet_config = json.loads((Path(config.teacher) / "unet" / "config.json").read_text())
     shape = (unet_config["in_channels"], unet_config["sample_size"], unet_config["sample_size"])
     if info is not None and info.image_shape != shape:
         raise ConfigError(f"data: {config.data} holds images of shape {list(info.image_shape)}, the teacher makes {list(shape)}; use the teacher's data set")
-    if max(config.dmd2.timesteps) >= json.loads((Path(config.teacher) / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"]:
-        raise ConfigError(f"dmd2.timesteps: {config.dmd2.timesteps} must be below the teacher's num_train_timesteps")
+    schedule = NoiseSchedule.from_scheduler_config(json.loads((Path(config.teacher) / "scheduler" / "scheduler_config.json").read_text()))
+    first = max(config.dmd2.timesteps)
+    if first >= schedule.num_train_timesteps:
+        raise ConfigError(f"dmd2.timesteps: {config.dmd2.timesteps} must be below the teacher's num_train_timesteps={schedule.num_train_timesteps}")
+    alpha = float(schedule.alphas_cumprod[first].sqrt())
+    if schedule.prediction_type == "epsilon" and alpha < MIN_ALPHA:
+        raise ConfigError(f"dmd2.timesteps: the teacher's schedule has alpha={alpha:.2g} at t={first} (zero terminal SNR?), so its x0 = (x_t - sigma eps) / alpha "
+                          f"amplifies errors {1 / alpha:.0f}x; start at a lower timestep or use a v-prediction teacher")
     return manifest, info
 
 
@@ -59,22 +102,42 @@ def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
     import ray
 
     from workers.critic import Critic
-    from workers.data import ray_dataset
     from workers.generator import Generator
     from workers.teacher import Teacher
 
     roles, d = config.roles, config.dmd2
-    groups = Roles(RoleGroup("teacher", Teacher, roles.teacher, config.seed), RoleGroup("critic", Critic, roles.critic, config.seed), RoleGroup("generator", Generator, roles.generator, config.seed))
-    gan = d.gan_generator_weight > 0
-    splits = ray_dataset(config.data).materialize().streaming_split(roles.critic.ranks, equal=True) if gan else [None] * roles.critic.ranks
-    generator_setup, critic_setup = role_setups(config, num_train_timesteps)
-    teacher = str(Path(config.teacher).resolve())
-    ray.get(
-        groups.teacher.call_async("setup", teacher, d.guidance_scale)
-        + [actor.setup.remote(teacher, critic_setup, split) for actor, split in zip(groups.critic.actors, splits)]
-        + groups.generator.call_async("setup", teacher, generator_setup)
-    )
-    return groups
+    started: list[RoleGroup] = []
+    try:  # a failure part-way leaves no actor or placement group behind
+        for name, actor_class in (("teacher", Teacher), ("critic", Critic), ("generator", Generator)):
+            started.append(RoleGroup(name, actor_class, getattr(roles, name), config.seed))
+        groups = Roles(*started)
+        gan = d.gan_generator_weight > 0
+        splits = real_data_splits(config.data, roles.critic.ranks) if gan else [None] * roles.critic.ranks
+        generator_setup, critic_setup = role_setups(config, num_train_timesteps)
+        teacher = str(Path(config.teacher).resolve())
+        ray.get(
+            groups.teacher.call_async("setup", teacher, d.guidance_scale)
+            + [actor.setup.remote(teacher, critic_setup, split) for actor, split in zip(groups.critic.actors, splits)]
+            + groups.generator.call_async("setup", teacher, generator_setup),
+            timeout=config.fault_tolerance.cycle_timeout_s,
+        )
+        return groups
+    except BaseException:
+        for group in started:
+            group.shutdown()
+        raise
+
+
+def real_data_splits(path: Path, ranks: int) -> list:
+    """One Ray Data iterator per critic rank, in a fixed order so a resumed run sees the same stream."""
+    import ray
+
+    from workers.data import ray_dataset
+
+    # Must be set before the data set is made (it takes a copy of the context); measured: without
+    # it, two runs of the same seed saw different real batches.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    return ray_dataset(path).materialize().streaming_split(ranks, equal=True)
 
 
 def role_setups(config: DistillConfig, num_train_timesteps: int):
@@ -129,7 +192,7 @@ def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Genera
         actor.update.remote(per_generator_rank, *own_x0, *own_feedback)
         for actor, own_x0, own_feedback in zip(groups.generator.actors, assign(teacher_x0, groups.generator.ranks), assign(feedback, groups.generator.ranks))
     ]
-    results = ray.get(generator_refs + critic_refs)
+    results = ray.get(generator_refs + critic_refs, timeout=config.fault_tolerance.cycle_timeout_s)
     return mean_metrics(results)
 
 
@@ -138,25 +201,75 @@ def mean_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in results if k in r])) for k in sorted(keys)}
 
 
-def run_schedule(groups: Roles, config: DistillConfig, progress: Progress, on_log, on_eval, on_checkpoint) -> Progress:
+def run_schedule(groups: Roles, config: DistillConfig, progress: Progress, hooks: Hooks) -> Progress:
     """The TTUR loop from progress.generator_steps to config.generator_steps."""
     import ray
 
     start = time.perf_counter() - progress.seconds
+    guard = config.fault_tolerance
     while progress.generator_steps < config.generator_steps:
         step = progress.generator_steps
         metrics = cycle(groups, config, step, np.random.default_rng([config.seed, step]))
+        skipped = metrics.get("generator/skipped_steps", 0.0) + metrics.get("critic/skipped_steps", 0.0) > 0
+        progress.nonfinite_in_a_row = progress.nonfinite_in_a_row + 1 if skipped else 0
+        progress.skipped_cycles += int(skipped)
+        if progress.nonfinite_in_a_row >= guard.max_nonfinite_in_a_row:
+            raise NumericalError(
+                f"{progress.nonfinite_in_a_row} cycles in a row (up to generator step {step + 1}) had non-finite losses or gradients and were skipped "
+                f"(generator dm_loss {metrics.get('generator/dm_loss')}); lower roles.critic/generator.optimizer.learning_rate or set grad_clip, "
+                "then resume from the last checkpoint (written before the trouble)"
+            )
         progress.generator_steps, progress.seconds = step + 1, time.perf_counter() - start
-        progress.metrics = metrics
+        progress.metrics = metrics | {"guard/skipped_cycles": float(progress.skipped_cycles)}
         done = progress.generator_steps
         if done % config.log_every == 0 or done == config.generator_steps:
-            role_seconds = mean_metrics([s for g in groups.all() for s in ray.get(g.call_async("take_seconds"))])
-            on_log(done, metrics | role_seconds, progress)
+            role_seconds = mean_metrics([s for g in groups.all() for s in ray.get(g.call_async("take_seconds"), timeout=guard.cycle_timeout_s)])
+            hooks.on_log(groups, done, progress.metrics | role_seconds, progress)
         if config.eval_every and done % config.eval_every == 0 and done < config.generator_steps:
-            on_eval(done, progress)
-        if config.checkpoint_every and done % config.checkpoint_every == 0:
-            on_checkpoint(done, progress)
+            hooks.on_eval(groups, done, progress)
+        # Never checkpoint right after a skipped update: the last good checkpoint stays the newest.
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and not skipped:
+            hooks.on_checkpoint(groups, done, progress)
     return progress
+
+
+def run_with_recovery(config: DistillConfig, num_train_timesteps: int, checkpoints: Path, progress: Progress, resume_from: Path | None, hooks: Hooks) -> tuple[Roles, Progress]:
+    """Start the roles and run the loop; when a role dies or hangs, tear down and restart from the last checkpoint.
+
+    Returns the live groups (for export) and the final progress, always with exactly
+    config.generator_steps generator updates done.
+    """
+    from orchestrator.checkpoint import latest_checkpoint, load_checkpoint
+
+    restarts, run_id = progress.restarts, progress.mlflow_run_id
+    while True:
+        groups = None
+        try:
+            groups = start_roles(config, num_train_timesteps)
+            if hooks.on_start:
+                hooks.on_start(groups)
+            if resume_from is not None:
+                progress = load_checkpoint(groups, resume_from, config.fault_tolerance.cycle_timeout_s)
+                print(f"resumed from {resume_from} at generator step {progress.generator_steps}", flush=True)
+            progress.restarts, progress.mlflow_run_id = restarts, run_id
+            return groups, run_schedule(groups, config, progress, hooks)
+        except Exception as error:
+            if groups is not None:
+                for group in groups.all():
+                    group.shutdown()
+            if not is_role_failure(error):
+                raise
+            restarts += 1
+            if restarts > config.fault_tolerance.max_restarts:
+                raise RoleFailureError(
+                    f"a role failed {restarts} times, more than fault_tolerance.max_restarts={config.fault_tolerance.max_restarts} "
+                    f"(last: {type(error).__name__}: {str(error).splitlines()[0][:200]}); check the nodes, then rerun with the same --output to resume"
+                ) from None
+            resume_from = latest_checkpoint(checkpoints)
+            where = f"checkpoint {resume_from.name}" if resume_from else "the start (no checkpoint yet)"
+            print(f"role failure ({type(error).__name__}); restart {restarts}/{config.fault_tolerance.max_restarts} from {where}", flush=True)
+            if resume_from is None:
+                progress = Progress()
 
 
 def role_cpus(config: DistillConfig) -> float:
@@ -165,10 +278,10 @@ def role_cpus(config: DistillConfig) -> float:
     return sum(r.ranks * r.cpus_per_rank for r in (roles.teacher, roles.critic, roles.generator)) + 1
 
 
-def ensure_teacher(config: DistillConfig) -> None:
-    """Make the teacher on first use when a recipe is given (the tiny smoke config does this)."""
+def ensure_teacher(config: DistillConfig) -> bool:
+    """Make the teacher on first use when a recipe is given (the tiny smoke config does this); True if made."""
     if Path(config.teacher).exists() or config.teacher_recipe is None:
-        return
+        return False
     from orchestrator.config import TeacherTrainingConfig
     from orchestrator.config_loading import load_config
     from orchestrator.teacher_training import train_teacher
@@ -181,6 +294,35 @@ def ensure_teacher(config: DistillConfig) -> None:
     recipe = load_config(TeacherTrainingConfig, config.teacher_recipe, [f"output={config.teacher}", f"data={config.data}"])
     print(f"teacher {config.teacher} does not exist yet: training it from {config.teacher_recipe}", flush=True)
     train_teacher(recipe)
+    return True
+
+
+def preflight(config: DistillConfig, nodes: list[dict[str, float]], fixed_cluster: bool) -> Path | None:
+    """Every check that needs no actor: placement, teacher and data, resume. Returns the checkpoint to resume from.
+
+    A teacher that does not exist yet but has a recipe is checked after it is made.
+    """
+    check_placement({name: bundle(getattr(config.roles, name)) for name in ("teacher", "critic", "generator")}, nodes, fixed_cluster)
+    if Path(config.teacher).exists() or config.teacher_recipe is None:
+        check_inputs(config)
+    return resume_point(config, Path(config.output).resolve() / "checkpoints")
+
+
+def resume_point(config: DistillConfig, checkpoints: Path) -> Path | None:
+    """The checkpoint to start from, per config.resume; refuses to mix a fresh run into old checkpoints."""
+    from orchestrator.checkpoint import latest_checkpoint, verify_checkpoint
+
+    if config.resume == "auto":
+        return latest_checkpoint(checkpoints)
+    if config.resume == "never":
+        old = sorted(checkpoints.glob("step-*"))
+        if old:
+            raise ConfigError(f"resume: never, but {checkpoints} holds {old[-1].name}; use a new --output, or resume: auto to continue it")
+        return None
+    try:
+        return verify_checkpoint(Path(config.resume))
+    except UserError as error:
+        raise ConfigError(f"resume: {error}") from None
 
 
 def distill(config: DistillConfig) -> dict:
@@ -188,18 +330,21 @@ def distill(config: DistillConfig) -> dict:
     import mlflow
     import ray
 
-    from orchestrator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from orchestrator.checkpoint import PROGRESS, save_checkpoint
     from orchestrator.student import StudentEvaluator, export_student
-    from orchestrator.tracking import MetricLogger, redact, tracking_uri
+    from orchestrator.tracking import MetricLogger, redact, run_params, tracking_uri
     from workers.data import digits_arrays, read_arrays
     from workers.images import save_grid
     from workers.inference import sample_from_folder
     from workers.models import load_model_folder
 
-    connect(role_cpus(config))  # before the teacher may be made: one cluster sized for every role
-    ensure_teacher(config)
-    manifest, _ = check_inputs(config)
+    started_local = connect(role_cpus(config))  # before the teacher may be made: one cluster sized for every role
+    resume_from = preflight(config, cluster_nodes(), fixed_cluster=started_local)
+    if ensure_teacher(config):
+        check_inputs(config)  # a teacher made just now is checked too
     output = Path(config.output).resolve()
+    checkpoints = output / "checkpoints"
+    progress = Progress(**json.loads((resume_from / PROGRESS).read_text())) if resume_from else Progress()
     output.mkdir(parents=True, exist_ok=True)
     teacher = load_model_folder(config.teacher)
     uri = tracking_uri(config.tracking.tracking_uri)
@@ -208,37 +353,43 @@ def distill(config: DistillConfig) -> dict:
 
     reference = read_arrays(config.data) if Path(config.data).exists() else digits_arrays()
     evaluator = StudentEvaluator(reference, config.eval_num, config.seed)
+    timeout = config.fault_tolerance.cycle_timeout_s
     wall_start = time.perf_counter()
-    with mlflow.start_run(run_name=f"dmd2-{len(config.dmd2.timesteps)}step") as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(config)).items()})
+    # A resumed run continues its MLflow run: one run id per distillation, however often it restarts.
+    with mlflow.start_run(run_id=progress.mlflow_run_id, run_name=None if progress.mlflow_run_id else f"dmd2-{len(config.dmd2.timesteps)}step") as run:
+        if progress.mlflow_run_id is None:
+            mlflow.log_params(run_params(to_dict(config), uri))
+        progress.mlflow_run_id = run.info.run_id
         logger = MetricLogger(run.info.run_id, uri)
         print(f"distill: MLflow run {run.info.run_id} at {redact(uri)}", flush=True)
-        groups = start_roles(config, teacher.schedule.num_train_timesteps)
-        setup_seconds = time.perf_counter() - wall_start
-        checkpoint = latest_checkpoint(output / "checkpoints")
-        progress = load_checkpoint(groups, checkpoint) if checkpoint else Progress()
 
-        def export(path: Path) -> Path:
-            return export_student(ray.get(groups.generator.actors[0].state.remote()), teacher, config.dmd2.timesteps, path)
+        def export(groups: Roles, path: Path) -> Path:
+            return export_student(ray.get(groups.generator.actors[0].state.remote(), timeout=timeout), teacher, config.dmd2.timesteps, path)
 
-        def on_log(step: int, metrics: dict, p: Progress) -> None:
+        def on_log(groups: Roles, step: int, metrics: dict, p: Progress) -> None:
             rate = step / max(p.seconds, 1e-9)
             fd = f"  fd {p.evaluations[-1]['fd']:.2f}" if p.evaluations else ""
             print(f"step {step}/{config.generator_steps}  dm {metrics.get('generator/dm_loss', 0):.4f}  gan {metrics.get('generator/gan_loss', 0):.3f}  "
                   f"mean {metrics.get('generator/sample_mean', 0):+.3f} std {metrics.get('generator/sample_std', 0):.3f}  "
                   f"{rate:.2f} steps/s  eta {(config.generator_steps - step) / rate:.0f}s{fd}", flush=True)
-            logger.log(metrics | {"generator/steps_per_second": rate}, step)
+            logger.log(metrics | {"generator/steps_per_second": rate, "restarts": float(p.restarts)}, step)
 
-        def on_eval(step: int, p: Progress) -> None:
-            metrics = evaluator(export(output / "eval" / "student"))
+        def on_eval(groups: Roles, step: int, p: Progress) -> None:
+            metrics = evaluator(export(groups, output / "eval" / "student"))
             p.evaluations.append({"step": step, **metrics})
             logger.log({f"eval/{k}": v for k, v in metrics.items()}, step)
 
-        def on_checkpoint(step: int, p: Progress) -> None:
-            save_checkpoint(groups, output / "checkpoints", p)
+        def on_checkpoint(groups: Roles, step: int, p: Progress) -> None:
+            save_checkpoint(groups, checkpoints, p, keep=config.checkpoint_keep, timeout_s=timeout)
 
-        progress = run_schedule(groups, config, progress, on_log, on_eval, on_checkpoint)
-        student = export(output / "student")
+        setup_seconds: list[float] = []
+
+        def on_start(groups: Roles) -> None:
+            setup_seconds.append(time.perf_counter() - wall_start)
+
+        hooks = Hooks(on_log, on_eval, on_checkpoint, on_start)
+        groups, progress = run_with_recovery(config, teacher.schedule.num_train_timesteps, checkpoints, progress, resume_from, hooks)
+        student = export(groups, output / "student")
         for group in groups.all():
             group.shutdown()
         final = evaluator(student)
@@ -252,8 +403,11 @@ def distill(config: DistillConfig) -> dict:
             "generator_steps": progress.generator_steps,
             "target_generator_steps": config.generator_steps,
             "critic_steps": progress.generator_steps * config.dmd2.critic_updates_per_generator_update,
+            "restarts": progress.restarts,
+            "skipped_cycles": progress.skipped_cycles,
+            "resumed_from": str(resume_from) if resume_from else None,
             "student_timesteps": list(config.dmd2.timesteps),
-            "seconds": {"setup": setup_seconds, "schedule": progress.seconds, "total": time.perf_counter() - wall_start},
+            "seconds": {"setup": setup_seconds[0], "schedule": progress.seconds, "total": time.perf_counter() - wall_start},
             "final_metrics": progress.metrics,
             "evaluations": progress.evaluations,
             "mlflow_run_id": run.info.run_id,

@@ -21,21 +21,63 @@ class PlacementError(UserError):
     """The cluster cannot host a role as configured."""
 
 
-def connect(logical_cpus: float = 0) -> None:
+def connect(logical_cpus: float = 0) -> bool:
     """Attach to the cluster in RAY_ADDRESS (`ray job submit`, `ray start`), else start a local one.
 
     A local cluster gets at least `logical_cpus` logical CPUs: on a laptop every role shares the same
     cores, and reservations only need to fit, not to match cores (each rank sets its own threads).
+    Returns True when it started that local cluster (whose nodes are then all there will ever be).
     """
     import os
 
     if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
+        return False
+    local = not os.environ.get("RAY_ADDRESS")
+    if local:
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(logical_cpus)))
+    else:
+        ray.init()
     ray.data.DataContext.get_current().enable_progress_bars = False  # jobs print their own status lines
+    return local
+
+
+def unplaceable_roles(bundles: dict[str, dict[str, float]], nodes: list[dict[str, float]]) -> list[str]:
+    """One line per role none of whose ranks fits on any node of `nodes` (resource dicts)."""
+    lines = []
+    for role, need in bundles.items():
+        if not any(all(node.get(key, 0.0) >= amount for key, amount in need.items()) for node in nodes):
+            lines.append(f"roles.{role}: no node offers {need} for one rank (nodes: {[schedulable(n) for n in nodes]}); "
+                         f"lower roles.{role}.cpus_per_rank/gpus_per_rank, fix roles.{role}.node_resource, or add such nodes")
+    return lines
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resources of every live node of the connected cluster."""
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def local_nodes() -> list[dict[str, float]]:
+    """What a local cluster started by `connect` would offer: any CPU count (it is sized to fit), this machine's GPUs."""
+    import torch
+
+    return [{"CPU": float("inf"), "GPU": float(torch.cuda.device_count())}]
+
+
+def check_placement(bundles: dict[str, dict[str, float]], nodes: list[dict[str, float]], fixed_cluster: bool) -> None:
+    """Before any actor starts: fail at once (fixed cluster) or warn (it may autoscale) when a role cannot fit."""
+    problems = unplaceable_roles(bundles, nodes)
+    if problems and fixed_cluster:
+        raise PlacementError(problems[0])
+    for line in problems:
+        print(f"warning: {line}; waiting for the autoscaler up to the placement timeout", flush=True)
+
+
+def is_role_failure(error: BaseException) -> bool:
+    """A role actor or its node died or hung (restartable), as opposed to a bug or a config mistake."""
+    from ray.exceptions import GetTimeoutError, NodeDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
+
+    lost = (RayActorError, GetTimeoutError, ObjectLostError, WorkerCrashedError, NodeDiedError)
+    return isinstance(error, lost) or (isinstance(error, RayTaskError) and isinstance(error.cause, lost))
 
 
 def schedulable(resources: dict) -> dict:
@@ -91,6 +133,7 @@ class RoleGroup:
         return ray.get(self.call_async(method, *args, **kwargs))
 
     def shutdown(self) -> None:
+        """Kill every rank (dead ones too) and release the placement group."""
         for actor in self.actors:
             ray.kill(actor)
         remove_placement_group(self.placement)

@@ -4,9 +4,9 @@ import time
 from pathlib import Path
 
 from orchestrator.config import TeacherTrainingConfig
-from orchestrator.config_loading import flatten, to_dict
+from orchestrator.config_loading import to_dict
 from orchestrator.role_group import connect
-from orchestrator.tracking import redact, tracking_uri
+from orchestrator.tracking import redact, run_params, tracking_uri
 from workers.data import ray_dataset, read_info
 from workers.errors import ConfigError
 
@@ -32,7 +32,7 @@ def train_teacher(config: TeacherTrainingConfig) -> Path:
     connect(config.num_workers * config.cpus_per_worker + 1)
     start = time.perf_counter()
     with mlflow.start_run(run_name="teacher") as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(config)).items()})
+        mlflow.log_params(run_params(to_dict(config), uri))
         print(f"teacher: {info.num_rows} images {list(info.image_shape)}, {info.num_classes} classes; MLflow run {run.info.run_id} at {redact(uri)}", flush=True)
         payload = {"config": to_dict(config), "num_classes": info.num_classes, "image_shape": list(info.image_shape), "run_id": run.info.run_id, "tracking_uri": uri}
         trainer = TorchTrainer(

@@ -26,6 +26,15 @@ def redact(uri: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", uri)
 
 
+def run_params(config_dict: dict, uri: str) -> dict[str, str]:
+    """A resolved config as MLflow params: flattened, values cut to MLflow's 500 characters, credentials redacted."""
+    from orchestrator.config_loading import flatten
+
+    params = {key: redact(value) if isinstance(value, str) and "://" in value else value for key, value in flatten(config_dict).items()}
+    params["tracking.tracking_uri"] = redact(uri)
+    return {key: str(value)[:500] for key, value in params.items()}
+
+
 class MetricLogger:
     """Buffers metrics and sends them to one MLflow run every `every` calls, asynchronously."""
 

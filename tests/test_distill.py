@@ -6,10 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.config import DistillConfig
-from orchestrator.config_loading import load_config
-
-CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
+from tests.run_helpers import CONFIGS, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -17,10 +14,6 @@ def mlflow_store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
-
-
-def tiny_config(root: Path, output: Path, *overrides: str) -> DistillConfig:
-    return load_config(DistillConfig, CONFIGS / "tiny.yaml", [f"teacher={root / 'teacher'}", f"data={root / 'data'}", f"output={output}", *overrides])
 
 
 def test_tiny_distillation_end_to_end(tiny_teacher, tmp_path, mlflow_store):
@@ -98,22 +91,3 @@ def test_dry_run_starts_nothing_and_prints_the_config(tiny_teacher, capsys):
     assert main(["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}", "--dry-run"]) is None
     out = capsys.readouterr().out
     assert "critic_updates_per_generator_update: 2" in out and "dry run" in out
-
-
-def test_bad_configs_are_one_line_errors(tiny_teacher):
-    import subprocess
-    import sys
-
-    cases = [
-        (["dmd2.timesteps=[499,999]"], "strictly decreasing"),
-        (["dmd2.critic_updates_per_generator_update=0"], "at least 1"),
-        (["roles.critic.rank=2"], "unknown field"),
-        (["batch_size=abc"], "expected int"),
-        (["teacher=/nonexistent/teacher", "teacher_recipe=null"], "does not exist"),  # no recipe to make it from
-    ]
-    for overrides, message in cases:
-        sets = [arg for override in overrides for arg in ("--set", override)]
-        done = subprocess.run([sys.executable, "-m", "jobs.distill", "--config", str(CONFIGS / "tiny.yaml"), "--set", f"data={tiny_teacher / 'data'}", *sets, "--dry-run"],
-                              capture_output=True, text=True, cwd=Path(__file__).parents[1])
-        assert done.returncode == 2, (overrides, done.stderr)
-        assert message in done.stderr and "Traceback" not in done.stderr, (overrides, done.stderr)

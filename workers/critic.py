@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from workers.data import batch_to_arrays
-from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, load_engine, save_engine, wrap
+from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, load_engine, save_engine, wrap
 from workers.gan_head import bottleneck, head_for
 from workers.losses import denoising_loss, discriminator_loss, generator_gan_loss, sample_timesteps
 from workers.messages import CriticFeedback, GeneratedBatch, as_tensor
@@ -55,15 +55,26 @@ class Critic(RoleWorker):
         self.model = CriticModel(folder.unet.train().requires_grad_(True), folder.manifest.num_classes, folder.schedule)
         self.engine = wrap(self.model, setup.optimizer, setup.sharding, setup.micro_batch)
         self.shape = tuple(self.model.unet.config[k] for k in ("in_channels", "sample_size", "sample_size"))
-        self.real_batches = self._real_batches(real_data) if setup.generator_gan_weight > 0 else None
+        self.real_data, self.real_batches_taken = real_data, 0
+        self.real_batches = self._real_batches(real_data, 0) if setup.generator_gan_weight > 0 else None
 
-    def _real_batches(self, iterator):
-        """Endless real batches (images, labels) from this rank's data split, epoch after epoch."""
+    def _real_batches(self, iterator, skip: int):
+        """Endless real batches (images, labels) from this rank's data split, epoch after epoch.
+
+        The shuffle is seeded per (run seed, epoch, rank), so a resumed run that skips the batches
+        it already took sees the same stream as an uninterrupted one.
+        """
         if iterator is None:
             raise ValueError("the GAN is on but the critic got no real data")
+        taken, epoch = 0, 0
         while True:
-            for batch in iterator.iter_batches(batch_size=self.config.micro_batch, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * self.config.micro_batch):
-                yield batch_to_arrays(batch, self.shape)
+            seed = hash((self.seed, epoch, self.rank)) % 2**31
+            for batch in iterator.iter_batches(batch_size=self.config.micro_batch, batch_format="numpy", drop_last=True,
+                                               local_shuffle_buffer_size=4 * self.config.micro_batch, local_shuffle_seed=seed):
+                taken += 1
+                if taken > skip:
+                    yield batch_to_arrays(batch, self.shape)
+            epoch += 1
 
     def train_step(self, seed: int, *fakes: GeneratedBatch) -> dict[str, float]:
         """One critic update: denoising loss on the generator's samples (+ discriminator loss on real vs fake)."""
@@ -77,14 +88,16 @@ class Critic(RoleWorker):
             loss, metrics = loss_denoise, {"critic/denoising_loss": loss_denoise.item()}
             if self.real_batches is not None:
                 real_images, real_labels = next(self.real_batches)
+                self.real_batches_taken += 1
                 logits_real = self.model.logits(as_tensor(real_images), None if real_labels is None else as_tensor(real_labels), rng)
                 logits_fake = self.model.logits(x0, labels, rng)
                 loss_d = discriminator_loss(logits_real, logits_fake)
                 loss = loss + self.config.discriminator_weight * loss_d
                 metrics |= {"critic/discriminator_loss": loss_d.item(), "critic/logits_real": logits_real.mean().item(), "critic/logits_fake": logits_fake.mean().item()}
-            self.engine.backward(loss)
-            self.engine.step()
-            return metrics | {"critic/grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
+            stepped = backward_and_step(self.engine, loss)
+            if stepped:  # a skipped step has no gradient norm worth logging
+                metrics["critic/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+            return metrics | {"critic/skipped_steps": float(not stepped)}
 
     def feedback(self, batch: GeneratedBatch) -> CriticFeedback:
         """The critic's x0 at (x_t, t) and the generator's GAN-loss gradient wrt x0; its weights untouched."""
@@ -102,7 +115,11 @@ class Critic(RoleWorker):
             return CriticFeedback(x0_critic.float().numpy(), gan_grad.float().numpy(), gan_loss.item())
 
     def save(self, directory: Path) -> None:
-        save_engine(self.engine, self.model, Path(directory), self.rank)
+        save_engine(self.engine, self.model, Path(directory), self.rank, {"real_batches_taken": self.real_batches_taken})
 
     def load(self, directory: Path) -> None:
-        load_engine(self.engine, self.model, Path(directory), self.rank)
+        """Restore weights and optimizer, and fast-forward the real-data stream (right after setup)."""
+        extra = load_engine(self.engine, self.model, Path(directory), self.rank)
+        self.real_batches_taken = int(extra.get("real_batches_taken", 0))
+        if self.real_batches is not None:
+            self.real_batches = self._real_batches(self.real_data, self.real_batches_taken)

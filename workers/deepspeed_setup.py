@@ -75,20 +75,56 @@ def wrap(model: torch.nn.Module, optimizer: OptimizerConfig, sharding: ShardingC
     return engine
 
 
-def save_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> None:
-    """Weights (rank 0) and this rank's optimizer and LR-scheduler state, as safetensors."""
+class NonFiniteStateError(RuntimeError):
+    """A role's weights hold NaN or inf: its state must not be checkpointed."""
+
+
+def all_ranks_finite(*tensors: torch.Tensor) -> bool:
+    """True when every tensor is finite on every rank of this role's world (all ranks then agree to skip)."""
+    flag = torch.tensor([float(all(bool(torch.isfinite(t).all()) for t in tensors))])
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        flag = flag.cuda() if torch.distributed.get_backend() == "nccl" else flag
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def backward_and_step(engine, loss: torch.Tensor) -> bool:
+    """The numerical guard: back-propagate and step unless the loss or a gradient is non-finite.
+
+    Returns whether the step was applied. A skipped step leaves weights and optimizer state as they
+    were, on every rank. ZeRO 1-3 optimizers find non-finite gradients themselves and skip.
+    """
+    if not all_ranks_finite(loss.detach()):
+        return False
+    engine.backward(loss)
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]  # empty under ZeRO 2-3
+    if not all_ranks_finite(*grads):
+        engine.zero_grad()
+        return False
+    skipped_before = engine.skipped_steps
+    engine.step()
+    return engine.skipped_steps == skipped_before
+
+
+def save_engine(engine, model: torch.nn.Module, directory: Path, rank: int, extra: dict | None = None) -> None:
+    """Weights (rank 0) and this rank's optimizer and LR-scheduler state (+ `extra`), as safetensors."""
     from safetensors.torch import save_file
 
     from workers.state_files import save_tree
 
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteStateError(f"{len(bad)} weight tensors hold NaN/inf (first: {bad[0]}); refusing to checkpoint a corrupted state")
     directory.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+        save_file(weights, str(directory / "model.safetensors"))
     scheduler = engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None
-    save_tree({"optimizer": engine.optimizer.state_dict(), "lr_scheduler": scheduler}, directory / f"optimizer-rank{rank}")
+    save_tree({"optimizer": engine.optimizer.state_dict(), "lr_scheduler": scheduler, "extra": extra or {}}, directory / f"optimizer-rank{rank}")
 
 
-def load_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> None:
+def load_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> dict:
+    """Restore what `save_engine` wrote; returns its `extra`."""
     from safetensors.torch import load_file
 
     from workers.state_files import load_tree
@@ -98,3 +134,4 @@ def load_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> N
     engine.optimizer.load_state_dict(state["optimizer"])
     if engine.lr_scheduler is not None:
         engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    return state.get("extra") or {}

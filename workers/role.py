@@ -16,6 +16,7 @@ class RoleWorker:
     def __init__(self, rank: int, world_size: int, threads: int, seed: int):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         torch.set_num_threads(threads)
+        torch.manual_seed(seed)  # fresh modules (the critic's GAN head) start the same in every run of this seed
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.seconds: dict[str, float] = {}
 

@@ -1,0 +1,117 @@
+"""Every config mistake is one line naming the field, the value and the fix, before any actor starts.
+
+Each case runs `jobs.distill --dry-run` on the tiny config plus one or two overrides. The table in
+README.md ("Config errors") lists the same mistakes.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.run_helpers import CONFIGS
+
+REPO = Path(__file__).parents[1]
+
+# (overrides, what the one-line message must contain)
+BAD_CONFIGS = [
+    (["dmd2.timesteps=[499,999]"], "dmd2.timesteps: [499, 999] must be strictly decreasing"),
+    (["dmd2.timesteps=[]"], "dmd2.timesteps: needs at least one timestep"),
+    (["dmd2.timesteps=[1000]"], "must be below the teacher's num_train_timesteps=1000"),
+    (["dmd2.timesteps=[999,-1]"], "negative timestep"),
+    (["dmd2.critic_updates_per_generator_update=0"], "critic_updates_per_generator_update: 0 must be at least 1"),
+    (["dmd2.dm_t_min=0.9", "dmd2.dm_t_max=0.1"], "dmd2.dm_t_min: need 0 <= dm_t_min < dm_t_max <= 1"),
+    (["dmd2.gan_generator_weight=-1"], "dmd2.gan_generator_weight: -1.0 must not be negative"),
+    (["dmd2.dm_weight=0", "dmd2.gan_generator_weight=0"], "the generator would learn nothing"),
+    (["roles.critic.optimizer.learning_rate=0"], "roles.critic.optimizer.learning_rate: 0.0 must be positive"),
+    (["roles.generator.optimizer.learning_rate=fast"], "roles.generator.optimizer.learning_rate: expected float, got 'fast'"),
+    (["roles.generator.optimizer.grad_clip=-1"], "roles.generator.optimizer.grad_clip: -1.0 must be 0 (off) or positive"),
+    (["roles.critic.rank=2"], "roles.critic.rank: unknown field"),
+    (["roles.critic.ranks=0"], "roles.critic.ranks: 0 must be at least 1"),
+    (["roles.critic.ranks=3"], "batch_size: 32 must be divisible by roles.critic.ranks=3"),
+    (["roles.critic.sharding.zero_stage=4"], "roles.critic.sharding.zero_stage: 4 is not a ZeRO stage"),
+    (["roles.teacher.sharding.zero_stage=3"], "roles.teacher.sharding.zero_stage"),
+    (["roles.critic.gpus_per_rank=1"], "roles.critic: no node offers"),
+    (["roles.teacher.node_resource=inference_gpu"], "roles.teacher: no node offers"),
+    (["batch_size=abc"], "batch_size: expected int, got 'abc'"),
+    (["generator_steps=0"], "generator_steps: 0 must be at least 1"),
+    (["eval_num=5"], "eval_num: 5 must be at least 10"),
+    (["checkpoint_keep=0"], "checkpoint_keep: 0 must be at least 1"),
+    (["resume=sometimes"], "resume: 'sometimes' must be auto, never, or a checkpoint folder"),
+    (["resume=/nonexistent/checkpoints/step-000100"], "resume: checkpoint /nonexistent/checkpoints/step-000100 has no manifest.json"),
+    (["fault_tolerance.max_restarts=-1"], "fault_tolerance.max_restarts: -1 must be 0"),
+    (["fault_tolerance.cycle_timeout_s=0"], "fault_tolerance.cycle_timeout_s: 0.0 must be positive"),
+    (["fault_tolerance.max_nonfinite_in_a_row=0"], "fault_tolerance.max_nonfinite_in_a_row: 0 must be at least 1"),
+    (["teacher=/nonexistent/teacher", "teacher_recipe=null"], "teacher: model folder /nonexistent/teacher does not exist"),
+    (["data=/nonexistent/data"], "data: data set folder /nonexistent/data does not exist"),
+    (["tracking=sqlite"], "tracking: expected a mapping of fields"),
+    (["generator_steps"], "write overrides as field.path=value"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_CONFIGS, ids=[" ".join(o) for o, _ in BAD_CONFIGS])
+def test_bad_config_is_one_line_error_naming_the_field(tiny_teacher, overrides, message, capsys):
+    from jobs.cli import run_main
+    from jobs.distill import main
+
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}", *sets, "--dry-run"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, argv)
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    assert message in error, error
+
+
+def test_teacher_folder_holding_a_student_or_data_is_refused(tiny_teacher, tmp_path, capsys):
+    from jobs.cli import run_main
+    from jobs.distill import main
+
+    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'data'}", "--set", f"data={tiny_teacher / 'data'}", "--dry-run"]
+    with pytest.raises(SystemExit):
+        run_main(main, argv)
+    assert "teacher" in capsys.readouterr().err
+
+
+def test_resume_never_refuses_an_output_with_checkpoints(tiny_teacher, tmp_path, capsys):
+    from jobs.cli import run_main
+    from jobs.distill import main
+
+    (tmp_path / "run" / "checkpoints" / "step-000002").mkdir(parents=True)
+    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}",
+            "--output", str(tmp_path / "run"), "--set", "resume=never", "--dry-run"]
+    with pytest.raises(SystemExit):
+        run_main(main, argv)
+    assert "resume: never, but" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoints" / "step-000002").is_dir()  # nothing lost
+
+
+def test_a_bad_config_prints_no_traceback_from_the_command_line(tiny_teacher):
+    done = subprocess.run([sys.executable, "-m", "jobs.distill", "--config", str(CONFIGS / "tiny.yaml"), "--set", f"data={tiny_teacher / 'data'}",
+                           "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", "dmd2.timesteps=[499,999]", "--dry-run"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: dmd2.timesteps"), done.stderr
+
+
+def test_float_fields_accept_yaml_exponents_without_a_dot():
+    """YAML 1.1 reads 2e-4 as a string; a float field takes it as the number the user meant."""
+    from orchestrator.config import DistillConfig
+    from orchestrator.config_loading import load_config
+
+    config = load_config(DistillConfig, CONFIGS / "tiny.yaml", ["roles.critic.optimizer.learning_rate=2e-4"])
+    assert config.roles.critic.optimizer.learning_rate == pytest.approx(2e-4)
+
+
+def test_credentials_in_the_tracking_uri_never_reach_params():
+    from orchestrator.config import DistillConfig
+    from orchestrator.config_loading import load_config, to_dict
+    from orchestrator.tracking import run_params
+
+    secret = "https://alice:s3cret@mlflow.example.com"
+    config = load_config(DistillConfig, CONFIGS / "tiny.yaml", [f"tracking.tracking_uri={secret}"])
+    params = run_params(to_dict(config), secret)
+    assert not any("s3cret" in value for value in params.values())
+    assert params["tracking.tracking_uri"] == "https://***@mlflow.example.com"
