@@ -9,12 +9,22 @@ from workers.models import UNetConfig
 from workers.schedule import ScheduleConfig
 
 
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
 @dataclass
 class TrackingConfig:
     experiment: str = "flashdistill"
     """MLflow experiment name."""
     tracking_uri: str | None = None
     """MLflow tracking URI; MLFLOW_TRACKING_URI wins; unset: an embedded SQLite store in runs/mlflow.db."""
+
+    def check(self, where: str = "") -> None:
+        prefix = f"{where}." if where else ""
+        require(self.experiment.strip() != "", f"{prefix}experiment", "is empty; name the MLflow experiment, e.g. flashdistill")
+        scheme = (self.tracking_uri or "").partition("://")[0] if "://" in (self.tracking_uri or "") else None
+        require(scheme is None or scheme.split("+")[0] in TRACKING_SCHEMES, f"{prefix}tracking_uri",
+                f"scheme {scheme!r} is not one MLflow stores runs in; use http(s)://HOST:PORT, sqlite:///PATH, file:///PATH or a database URI")
 
 
 @dataclass
@@ -83,8 +93,12 @@ class RoleConfig:
 
     def check(self, where: str = "") -> None:
         require(self.ranks >= 1, f"{where}.ranks", f"{self.ranks} must be at least 1")
-        require(self.cpus_per_rank >= 0 and self.gpus_per_rank >= 0, where, "cpus_per_rank and gpus_per_rank must not be negative")
+        require(self.cpus_per_rank >= 0, f"{where}.cpus_per_rank", f"{self.cpus_per_rank} must not be negative")
+        require(self.gpus_per_rank >= 0, f"{where}.gpus_per_rank", f"{self.gpus_per_rank} must not be negative")
         require(self.threads_per_rank >= 1, f"{where}.threads_per_rank", f"{self.threads_per_rank} must be at least 1")
+        require(self.node_resource is None or self.node_resource.strip() != "", f"{where}.node_resource", "is empty; name a custom resource (e.g. train_gpu) or leave it unset")
+        require(self.sharding.zero_stage <= 2, f"{where}.sharding.zero_stage",
+                f"{self.sharding.zero_stage}: roles save and export full weights from rank 0, so use ZeRO stage 0-2 in this version")
 
 
 @dataclass
@@ -108,7 +122,7 @@ class Dmd2Config:
     """DM loss timesteps are drawn from UniformInt[dm_t_min * T, dm_t_max * T]."""
     dm_t_max: float = 0.98
     guidance_scale: float = 1.0
-    """The teacher's classifier-free guidance in the DM loss (1: none)."""
+    """The teacher's classifier-free guidance in the DM loss (1: none; 0: unconditional)."""
     dm_weight: float = 1.0
     """Weight of the DM loss in the generator's loss (0 turns it off: GAN alone)."""
     gan_generator_weight: float = 3e-3
@@ -122,6 +136,7 @@ class Dmd2Config:
         require(len(ts) >= 1, f"{where}.timesteps", "needs at least one timestep, e.g. [999]")
         require(all(a > b for a, b in zip(ts, ts[1:])), f"{where}.timesteps", f"{ts} must be strictly decreasing, e.g. [999, 749, 499, 249]")
         require(min(ts) >= 0, f"{where}.timesteps", f"{ts} holds a negative timestep; use teacher training timesteps 0 .. T-1")
+        require(self.guidance_scale >= 0, f"{where}.guidance_scale", f"{self.guidance_scale} must not be negative (1: no guidance)")
         require(0 <= self.dm_t_min < self.dm_t_max <= 1, f"{where}.dm_t_min", f"need 0 <= dm_t_min < dm_t_max <= 1, got {self.dm_t_min} and {self.dm_t_max}")
         for name in ("dm_weight", "gan_generator_weight", "gan_discriminator_weight"):
             require(getattr(self, name) >= 0, f"{where}.{name}", f"{getattr(self, name)} must not be negative (0 turns that loss off)")
@@ -183,6 +198,7 @@ class DistillConfig:
     def check(self, where: str = "") -> None:
         require(self.generator_steps >= 1, "generator_steps", f"{self.generator_steps} must be at least 1")
         require(self.batch_size >= 1, "batch_size", f"{self.batch_size} must be at least 1")
+        require(self.seed >= 0, "seed", f"{self.seed} must not be negative")
         require(self.log_every >= 1, "log_every", f"{self.log_every} must be at least 1")
         require(self.eval_every >= 0 and self.checkpoint_every >= 0, "eval_every", f"eval_every={self.eval_every} and checkpoint_every={self.checkpoint_every} must be 0 (off) or positive")
         require(self.checkpoint_keep >= 1, "checkpoint_keep", f"{self.checkpoint_keep} must be at least 1")

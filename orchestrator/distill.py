@@ -312,17 +312,21 @@ def resume_point(config: DistillConfig, checkpoints: Path) -> Path | None:
     """The checkpoint to start from, per config.resume; refuses to mix a fresh run into old checkpoints."""
     from orchestrator.checkpoint import latest_checkpoint, verify_checkpoint
 
-    if config.resume == "auto":
-        return latest_checkpoint(checkpoints)
     if config.resume == "never":
         old = sorted(checkpoints.glob("step-*"))
         if old:
             raise ConfigError(f"resume: never, but {checkpoints} holds {old[-1].name}; use a new --output, or resume: auto to continue it")
         return None
     try:
-        return verify_checkpoint(Path(config.resume))
+        path = latest_checkpoint(checkpoints) if config.resume == "auto" else verify_checkpoint(Path(config.resume))
     except UserError as error:
         raise ConfigError(f"resume: {error}") from None
+    for role in ("critic", "generator"):  # optimizer state is per rank: the world sizes must match
+        saved, ranks = len(list((path / role).glob("optimizer-rank*.json"))) if path else 0, getattr(config.roles, role).ranks
+        if path and saved != ranks:
+            raise ConfigError(f"roles.{role}.ranks: {ranks}, but checkpoint {path} was written by {saved} {role} rank(s); "
+                              f"set roles.{role}.ranks={saved} to resume it, or start fresh with a new --output")
+    return path
 
 
 def distill(config: DistillConfig) -> dict:

@@ -47,6 +47,15 @@ BAD_CONFIGS = [
     (["data=/nonexistent/data"], "data: data set folder /nonexistent/data does not exist"),
     (["tracking=sqlite"], "tracking: expected a mapping of fields"),
     (["generator_steps"], "write overrides as field.path=value"),
+    (["roles.critic.cpus_per_rank=-1"], "roles.critic.cpus_per_rank: -1.0 must not be negative"),
+    (["roles.generator.node_resource=''"], "roles.generator.node_resource: is empty"),
+    (["roles.generator.sharding.zero_stage=3"], "roles.generator.sharding.zero_stage: 3: roles save and export full weights from rank 0"),
+    (["roles.critic.optimizer.betas=[0.9]"], "roles.critic.optimizer.betas: [0.9] must be two numbers in [0, 1)"),
+    (["roles.critic.optimizer.weight_decay=-0.1"], "roles.critic.optimizer.weight_decay: -0.1 must not be negative"),
+    (["dmd2.guidance_scale=-2"], "dmd2.guidance_scale: -2.0 must not be negative"),
+    (["seed=-1"], "seed: -1 must not be negative"),
+    (["tracking.experiment=' '"], "tracking.experiment: is empty"),
+    (["tracking.tracking_uri=bogus://host"], "tracking.tracking_uri: scheme 'bogus' is not one MLflow stores runs in"),
 ]
 
 
@@ -115,3 +124,20 @@ def test_credentials_in_the_tracking_uri_never_reach_params():
     params = run_params(to_dict(config), secret)
     assert not any("s3cret" in value for value in params.values())
     assert params["tracking.tracking_uri"] == "https://***@mlflow.example.com"
+
+
+def test_resuming_with_other_rank_counts_is_refused(tiny_teacher, tmp_path, capsys):
+    """Optimizer state is per rank: a checkpoint of a 2-rank critic cannot feed a 1-rank one."""
+    from jobs.cli import run_main
+    from jobs.distill import main
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000002"
+    (checkpoint / "critic").mkdir(parents=True)
+    for rank in (0, 1):
+        (checkpoint / "critic" / f"optimizer-rank{rank}.json").write_text("{}")
+    (checkpoint / "manifest.json").write_text('{"files": {"critic/optimizer-rank0.json": 2, "critic/optimizer-rank1.json": 2}}')
+    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}",
+            "--output", str(tmp_path / "run"), "--dry-run"]
+    with pytest.raises(SystemExit):
+        run_main(main, argv)
+    assert "roles.critic.ranks: 1, but checkpoint" in capsys.readouterr().err

@@ -28,6 +28,10 @@ class OptimizerConfig:
             raise ConfigError(f"{where}.warmup_steps: {self.warmup_steps} must be 0 or more")
         if self.grad_clip < 0:
             raise ConfigError(f"{where}.grad_clip: {self.grad_clip} must be 0 (off) or positive")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{where}.weight_decay: {self.weight_decay} must not be negative")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{where}.betas: {list(self.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
 
 
 @dataclass
