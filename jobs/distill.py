@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.dry_run:
         import yaml
 
-        from orchestrator.distill import preflight
+        from orchestrator.preflight import preflight
         from orchestrator.role_group import cluster_nodes, connect, local_nodes
 
         attached = bool(os.environ.get("RAY_ADDRESS"))

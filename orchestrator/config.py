@@ -170,6 +170,8 @@ class DistillConfig:
     """A teacher-training YAML used to make the teacher on first use when `teacher` does not exist yet."""
     data: Path = Path("runs/data/digits")
     """Parquet data set of real images (the GAN's real side)."""
+    generator_init: Path | None = None
+    """A student folder (of this teacher's architecture) the generator starts from; unset: the teacher's weights."""
     output: Path = Path("runs/distill")
     """Where the student, checkpoints and summary.json go (the --output flag sets it)."""
     dmd2: Dmd2Config = field(default_factory=Dmd2Config)
@@ -193,9 +195,12 @@ class DistillConfig:
     """auto: continue from the latest complete checkpoint in OUTPUT/checkpoints, if any (same MLflow run);
     never: start fresh, refusing an output that holds checkpoints; or the path of one checkpoint folder."""
     fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
+    placement_timeout_s: float = 60.0
+    """How long a role group may wait for its placement group before the run stops with an error naming the role."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def check(self, where: str = "") -> None:
+        require(self.placement_timeout_s > 0, "placement_timeout_s", f"{self.placement_timeout_s} must be positive seconds, e.g. 60")
         require(self.generator_steps >= 1, "generator_steps", f"{self.generator_steps} must be at least 1")
         require(self.batch_size >= 1, "batch_size", f"{self.batch_size} must be at least 1")
         require(self.seed >= 0, "seed", f"{self.seed} must not be negative")

@@ -3,6 +3,8 @@
 The loop (`run_schedule`) owns the two time-scale schedule: N critic updates on fresh generator
 samples, then one generator update whose DM and GAN gradients come from the teacher and critic
 groups. Tensors travel between groups as object refs; the driver only sees small metric dicts.
+`run_with_recovery` wraps the loop: a role that dies or hangs restarts every group from the last
+checkpoint.
 """
 
 import json
@@ -14,8 +16,9 @@ import numpy as np
 
 from orchestrator.config import DistillConfig
 from orchestrator.config_loading import to_dict
-from orchestrator.role_group import RoleGroup, assign, bundle, check_placement, cluster_nodes, connect, is_role_failure, shard_count
-from workers.errors import ConfigError, UserError
+from orchestrator.preflight import check_inputs, ensure_teacher, preflight
+from orchestrator.role_group import RoleGroup, assign, cluster_nodes, connect, is_role_failure, shard_count
+from workers.errors import UserError
 
 
 class NumericalError(UserError):
@@ -63,40 +66,6 @@ class Hooks:
     """Called with the groups each time they have started (first start and restarts)."""
 
 
-MIN_ALPHA = 1e-3  # below it, an epsilon-prediction x0 estimate amplifies errors over 1000x
-
-
-def check_inputs(config: DistillConfig):
-    """Everything that can be checked before an actor starts: teacher folder, data, their agreement."""
-    from workers.data import read_info
-    from workers.models import check_model_folder
-    from workers.schedule import NoiseSchedule
-
-    try:
-        manifest = check_model_folder(config.teacher)
-    except UserError as error:
-        raise ConfigError(f"teacher: {error}") from None
-    if manifest.kind != "teacher":
-        raise ConfigError(f"teacher: {config.teacher} holds a {manifest.kind}, not a teacher; point at a folder written by jobs.train_teacher")
-    try:
-        info = read_info(config.data) if config.dmd2.gan_generator_weight > 0 else None
-    except UserError as error:
-        raise ConfigError(f"data: {error}") from None
-    unet_config = json.loads((Path(config.teacher) / "unet" / "config.json").read_text())
-    shape = (unet_config["in_channels"], unet_config["sample_size"], unet_config["sample_size"])
-    if info is not None and info.image_shape != shape:
-        raise ConfigError(f"data: {config.data} holds images of shape {list(info.image_shape)}, the teacher makes {list(shape)}; use the teacher's data set")
-    schedule = NoiseSchedule.from_scheduler_config(json.loads((Path(config.teacher) / "scheduler" / "scheduler_config.json").read_text()))
-    first = max(config.dmd2.timesteps)
-    if first >= schedule.num_train_timesteps:
-        raise ConfigError(f"dmd2.timesteps: {config.dmd2.timesteps} must be below the teacher's num_train_timesteps={schedule.num_train_timesteps}")
-    alpha = float(schedule.alphas_cumprod[first].sqrt())
-    if schedule.prediction_type == "epsilon" and alpha < MIN_ALPHA:
-        raise ConfigError(f"dmd2.timesteps: the teacher's schedule has alpha={alpha:.2g} at t={first} (zero terminal SNR?), so its x0 = (x_t - sigma eps) / alpha "
-                          f"amplifies errors {1 / alpha:.0f}x; start at a lower timestep or use a v-prediction teacher")
-    return manifest, info
-
-
 def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
     """Start the teacher, critic and generator groups and load their models."""
     import ray
@@ -109,7 +78,7 @@ def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
     started: list[RoleGroup] = []
     try:  # a failure part-way leaves no actor or placement group behind
         for name, actor_class in (("teacher", Teacher), ("critic", Critic), ("generator", Generator)):
-            started.append(RoleGroup(name, actor_class, getattr(roles, name), config.seed))
+            started.append(RoleGroup(name, actor_class, getattr(roles, name), config.seed, config.placement_timeout_s))
         groups = Roles(*started)
         gan = d.gan_generator_weight > 0
         splits = real_data_splits(config.data, roles.critic.ranks) if gan else [None] * roles.critic.ranks
@@ -150,6 +119,7 @@ def role_setups(config: DistillConfig, num_train_timesteps: int):
         timesteps=list(d.timesteps), micro_batch=config.batch_size // roles.generator.ranks,
         dm_t_min=int(d.dm_t_min * num_train_timesteps), dm_t_max=min(int(d.dm_t_max * num_train_timesteps), num_train_timesteps - 1),
         dm_weight=d.dm_weight, gan_weight=d.gan_generator_weight, optimizer=roles.generator.optimizer, sharding=roles.generator.sharding,
+        init_from=str(Path(config.generator_init).resolve()) if config.generator_init else None,
     )
     critic_setup = CriticSetup(config.batch_size // roles.critic.ranks, d.gan_discriminator_weight, d.gan_generator_weight, roles.critic.optimizer, roles.critic.sharding)
     return generator_setup, critic_setup
@@ -276,57 +246,6 @@ def role_cpus(config: DistillConfig) -> float:
     """Logical CPUs the three role groups reserve, plus one for the driver's Ray Data work."""
     roles = config.roles
     return sum(r.ranks * r.cpus_per_rank for r in (roles.teacher, roles.critic, roles.generator)) + 1
-
-
-def ensure_teacher(config: DistillConfig) -> bool:
-    """Make the teacher on first use when a recipe is given (the tiny smoke config does this); True if made."""
-    if Path(config.teacher).exists() or config.teacher_recipe is None:
-        return False
-    from orchestrator.config import TeacherTrainingConfig
-    from orchestrator.config_loading import load_config
-    from orchestrator.teacher_training import train_teacher
-
-    if not Path(config.data).exists():
-        from workers.data import digits_arrays, write_shards
-
-        print(f"data {config.data} does not exist yet: writing the bundled digits there", flush=True)
-        write_shards(digits_arrays(), config.data)
-    recipe = load_config(TeacherTrainingConfig, config.teacher_recipe, [f"output={config.teacher}", f"data={config.data}"])
-    print(f"teacher {config.teacher} does not exist yet: training it from {config.teacher_recipe}", flush=True)
-    train_teacher(recipe)
-    return True
-
-
-def preflight(config: DistillConfig, nodes: list[dict[str, float]], fixed_cluster: bool) -> Path | None:
-    """Every check that needs no actor: placement, teacher and data, resume. Returns the checkpoint to resume from.
-
-    A teacher that does not exist yet but has a recipe is checked after it is made.
-    """
-    check_placement({name: bundle(getattr(config.roles, name)) for name in ("teacher", "critic", "generator")}, nodes, fixed_cluster)
-    if Path(config.teacher).exists() or config.teacher_recipe is None:
-        check_inputs(config)
-    return resume_point(config, Path(config.output).resolve() / "checkpoints")
-
-
-def resume_point(config: DistillConfig, checkpoints: Path) -> Path | None:
-    """The checkpoint to start from, per config.resume; refuses to mix a fresh run into old checkpoints."""
-    from orchestrator.checkpoint import latest_checkpoint, verify_checkpoint
-
-    if config.resume == "never":
-        old = sorted(checkpoints.glob("step-*"))
-        if old:
-            raise ConfigError(f"resume: never, but {checkpoints} holds {old[-1].name}; use a new --output, or resume: auto to continue it")
-        return None
-    try:
-        path = latest_checkpoint(checkpoints) if config.resume == "auto" else verify_checkpoint(Path(config.resume))
-    except UserError as error:
-        raise ConfigError(f"resume: {error}") from None
-    for role in ("critic", "generator"):  # optimizer state is per rank: the world sizes must match
-        saved, ranks = len(list((path / role).glob("optimizer-rank*.json"))) if path else 0, getattr(config.roles, role).ranks
-        if path and saved != ranks:
-            raise ConfigError(f"roles.{role}.ranks: {ranks}, but checkpoint {path} was written by {saved} {role} rank(s); "
-                              f"set roles.{role}.ranks={saved} to resume it, or start fresh with a new --output")
-    return path
 
 
 def distill(config: DistillConfig) -> dict:

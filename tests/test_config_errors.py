@@ -47,6 +47,7 @@ BAD_CONFIGS = [
     (["data=/nonexistent/data"], "data: data set folder /nonexistent/data does not exist"),
     (["tracking=sqlite"], "tracking: expected a mapping of fields"),
     (["generator_steps"], "write overrides as field.path=value"),
+    (["generator_init=/nonexistent/student"], "generator_init: model folder /nonexistent/student does not exist"),
     (["roles.critic.cpus_per_rank=-1"], "roles.critic.cpus_per_rank: -1.0 must not be negative"),
     (["roles.generator.node_resource=''"], "roles.generator.node_resource: is empty"),
     (["roles.generator.sharding.zero_stage=3"], "roles.generator.sharding.zero_stage: 3: roles save and export full weights from rank 0"),
@@ -74,14 +75,19 @@ def test_bad_config_is_one_line_error_naming_the_field(tiny_teacher, overrides, 
     assert message in error, error
 
 
-def test_teacher_folder_holding_a_student_or_data_is_refused(tiny_teacher, tmp_path, capsys):
+@pytest.mark.parametrize("field,folder,message", [
+    ("teacher", "data", "teacher: "),
+    ("generator_init", "teacher", "generator_init: "),  # a teacher is not a student to start from
+])
+def test_a_folder_of_the_wrong_kind_is_refused(tiny_teacher, field, folder, message, capsys):
     from jobs.cli import run_main
     from jobs.distill import main
 
-    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'data'}", "--set", f"data={tiny_teacher / 'data'}", "--dry-run"]
+    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}",
+            "--set", f"{field}={tiny_teacher / folder}", "--dry-run"]
     with pytest.raises(SystemExit):
         run_main(main, argv)
-    assert "teacher" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"error: {message}")
 
 
 def test_resume_never_refuses_an_output_with_checkpoints(tiny_teacher, tmp_path, capsys):

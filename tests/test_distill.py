@@ -91,3 +91,20 @@ def test_dry_run_starts_nothing_and_prints_the_config(tiny_teacher, capsys):
     assert main(["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}", "--dry-run"]) is None
     out = capsys.readouterr().out
     assert "critic_updates_per_generator_update: 2" in out and "dry run" in out
+
+
+def test_an_unplaceable_role_fails_within_its_timeout_naming_the_role(tiny_teacher, tmp_path):
+    """Each rank fits on the node, all three together do not: the wait ends at placement_timeout_s."""
+    import time
+
+    import ray
+
+    from orchestrator.distill import distill
+    from orchestrator.role_group import PlacementError
+
+    config = tiny_config(tiny_teacher, tmp_path / "run", "batch_size=30", "roles.critic.ranks=3", "roles.critic.cpus_per_rank=2", "placement_timeout_s=3")
+    start = time.perf_counter()
+    with pytest.raises(PlacementError, match=r"roles.critic: the cluster could not place 3 rank\(s\) of \{'CPU': 2.0\} within 3s"):
+        distill(config)
+    assert time.perf_counter() - start < 60
+    assert all(pg["state"] != "CREATED" for pg in ray.util.placement_group_table().values())  # the teacher's group was released too

@@ -24,15 +24,18 @@ class GeneratorSetup:
     gan_weight: float
     optimizer: OptimizerConfig
     sharding: ShardingConfig
+    init_from: str | None = None  # a student folder to start from instead of the teacher's weights
 
 
 class Generator(RoleWorker):
     role = "generator"
 
     def setup(self, teacher_dir: Path, setup: GeneratorSetup) -> None:
-        folder = load_model_folder(teacher_dir, self.device)  # the student starts as the teacher
+        folder = load_model_folder(teacher_dir, self.device)  # the student starts as the teacher ...
         self.config, self.manifest, self.scheduler_config = setup, folder.manifest, folder.scheduler_config
         self.unet = folder.unet.train().requires_grad_(True)
+        if setup.init_from:  # ... or as an earlier student of the same architecture
+            self.unet.load_state_dict(load_model_folder(setup.init_from, self.device).unet.state_dict())
         self.engine = wrap(self.unet, setup.optimizer, setup.sharding, setup.micro_batch)
         self.denoiser = Denoiser(self.engine, folder.schedule, folder.manifest.num_classes)
         self.shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
