@@ -68,6 +68,8 @@ def check_inputs(config: DistillConfig):
     if info is not None and info.image_shape != shape:
         raise ConfigError(f"data: {config.data} holds images of shape {list(info.image_shape)}, the teacher makes {list(shape)}; use the teacher's data set")
     if config.generator_init is not None:
+        if not Path(config.generator_init).exists():
+            raise ConfigError(f"generator_init: {config.generator_init} does not exist; point at a DIR/student folder written by jobs.distill, or leave it unset")
         try:
             start = check_model_folder(config.generator_init)
         except UserError as error:
