@@ -69,8 +69,7 @@ def main() -> None:
     actor_seconds = (time.perf_counter() - start) / args.cycles
     compute = mean_metrics([s for g in groups.all() for s in g.call("take_seconds")])
     compute = {k: v / args.cycles for k, v in compute.items()}
-    for group in groups.all():
-        group.shutdown()
+    groups.shutdown()
     ray.shutdown()
 
     roles = in_process_roles(config, 1000)

@@ -66,10 +66,15 @@ def latest_checkpoint(root: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(groups, path: Path, timeout_s: float | None = None):
-    """Load every trained role's state; returns the Progress saved with it."""
+def read_progress(path: Path):
+    """The Progress (orchestrator.distill) saved with a checkpoint."""
     from orchestrator.distill import Progress
 
+    return Progress(**json.loads((Path(path) / PROGRESS).read_text()))
+
+
+def load_checkpoint(groups, path: Path, timeout_s: float | None = None):
+    """Load every trained role's state; returns the Progress saved with it."""
     path = verify_checkpoint(path)
     ray.get(groups.critic.call_async("load", str(path / "critic")) + groups.generator.call_async("load", str(path / "generator")), timeout=timeout_s)
-    return Progress(**json.loads((path / PROGRESS).read_text()))
+    return read_progress(path)

@@ -38,6 +38,10 @@ class Roles:
     def all(self) -> list[RoleGroup]:
         return [self.teacher, self.critic, self.generator]
 
+    def shutdown(self) -> None:
+        for group in self.all():
+            group.shutdown()
+
 
 @dataclass
 class Progress:
@@ -225,8 +229,7 @@ def run_with_recovery(config: DistillConfig, num_train_timesteps: int, checkpoin
             return groups, run_schedule(groups, config, progress, hooks)
         except Exception as error:
             if groups is not None:
-                for group in groups.all():
-                    group.shutdown()
+                groups.shutdown()
             if not is_role_failure(error):
                 raise
             restarts += 1
@@ -253,7 +256,7 @@ def distill(config: DistillConfig) -> dict:
     import mlflow
     import ray
 
-    from orchestrator.checkpoint import PROGRESS, save_checkpoint
+    from orchestrator.checkpoint import read_progress, save_checkpoint
     from orchestrator.student import StudentEvaluator, export_student
     from orchestrator.tracking import MetricLogger, redact, run_params, tracking_uri
     from workers.data import digits_arrays, read_arrays
@@ -267,7 +270,7 @@ def distill(config: DistillConfig) -> dict:
         check_inputs(config)  # a teacher made just now is checked too
     output = Path(config.output).resolve()
     checkpoints = output / "checkpoints"
-    progress = Progress(**json.loads((resume_from / PROGRESS).read_text())) if resume_from else Progress()
+    progress = read_progress(resume_from) if resume_from else Progress()
     output.mkdir(parents=True, exist_ok=True)
     teacher = load_model_folder(config.teacher)
     uri = tracking_uri(config.tracking.tracking_uri)
@@ -313,8 +316,7 @@ def distill(config: DistillConfig) -> dict:
         hooks = Hooks(on_log, on_eval, on_checkpoint, on_start)
         groups, progress = run_with_recovery(config, teacher.schedule.num_train_timesteps, checkpoints, progress, resume_from, hooks)
         student = export(groups, output / "student")
-        for group in groups.all():
-            group.shutdown()
+        groups.shutdown()
         final = evaluator(student)
         progress.evaluations.append({"step": progress.generator_steps, **final})
         logger.log({f"eval/{k}": v for k, v in final.items()}, progress.generator_steps)

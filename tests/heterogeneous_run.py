@@ -34,8 +34,7 @@ def main(teacher_root: Path, out: Path) -> None:
         metrics = [cycle(groups, config, step, np.random.default_rng([0, step])) for step in range(2)]
         placed = {group.name: group.node_ids for group in groups.all()}
     finally:
-        for group in groups.all():
-            group.shutdown()
+        groups.shutdown()
     node_kinds = {node.node_id: kind for kind, node in kinds.items()}
     out.write_text(json.dumps({
         "placed": {role: [node_kinds.get(node_id, "head") for node_id in node_ids] for role, node_ids in placed.items()},

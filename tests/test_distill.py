@@ -53,8 +53,7 @@ def test_checkpoint_round_trip_gives_identical_next_step(tiny_teacher, tmp_path)
         progress = load_checkpoint(groups, checkpoint)
         again = cycle(groups, config, 1, np.random.default_rng([0, 1]))
     finally:
-        for group in groups.all():
-            group.shutdown()
+        groups.shutdown()
     assert progress.generator_steps == 1
     assert first.keys() == again.keys()
     for key in first:
@@ -76,8 +75,7 @@ def test_two_rank_roles_with_zero2(tiny_teacher, tmp_path):
         before, after = ray.get(before), ray.get(groups.generator.actors[0].state.remote())
         other = ray.get(groups.generator.actors[1].state.remote())
     finally:
-        for group in groups.all():
-            group.shutdown()
+        groups.shutdown()
     assert np.isfinite(metrics["generator/dm_loss"]) and np.isfinite(metrics["critic/denoising_loss"])
     changed = [k for k in after if not np.allclose(after[k].numpy(), before[k].numpy())]
     assert changed, f"the generator's weights did not move: {metrics}"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from workers.data import batch_to_arrays
-from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, load_engine, save_engine, wrap
+from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, load_engine, save_engine, step_metrics, wrap
 from workers.gan_head import bottleneck, head_for
 from workers.losses import denoising_loss, discriminator_loss, generator_gan_loss, sample_timesteps
 from workers.messages import CriticFeedback, GeneratedBatch, as_tensor
@@ -94,10 +94,7 @@ class Critic(RoleWorker):
                 loss_d = discriminator_loss(logits_real, logits_fake)
                 loss = loss + self.config.discriminator_weight * loss_d
                 metrics |= {"critic/discriminator_loss": loss_d.item(), "critic/logits_real": logits_real.mean().item(), "critic/logits_fake": logits_fake.mean().item()}
-            stepped = backward_and_step(self.engine, loss)
-            if stepped:  # a skipped step has no gradient norm worth logging
-                metrics["critic/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
-            return metrics | {"critic/skipped_steps": float(not stepped)}
+            return metrics | step_metrics(self.engine, self.role, backward_and_step(self.engine, loss))
 
     def feedback(self, batch: GeneratedBatch) -> CriticFeedback:
         """The critic's x0 at (x_t, t) and the generator's GAN-loss gradient wrt x0; its weights untouched."""

@@ -110,6 +110,14 @@ def backward_and_step(engine, loss: torch.Tensor) -> bool:
     return engine.skipped_steps == skipped_before
 
 
+def step_metrics(engine, role: str, stepped: bool) -> dict[str, float]:
+    """`role/skipped_steps`, and `role/grad_norm` when the step was applied (a skipped one has none)."""
+    metrics = {f"{role}/skipped_steps": float(not stepped)}
+    if stepped:
+        metrics[f"{role}/grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
+    return metrics
+
+
 def save_engine(engine, model: torch.nn.Module, directory: Path, rank: int, extra: dict | None = None) -> None:
     """Weights (rank 0) and this rank's optimizer and LR-scheduler state (+ `extra`), as safetensors."""
     from safetensors.torch import save_file

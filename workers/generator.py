@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, load_engine, save_engine, wrap
+from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, load_engine, save_engine, step_metrics, wrap
 from workers.losses import dm_gradient, dm_loss, sample_timesteps, surrogate_loss
 from workers.messages import CriticFeedback, GeneratedBatch, GenerateRequest, as_tensor
 from workers.models import Denoiser, load_model_folder
@@ -82,11 +82,9 @@ class Generator(RoleWorker):
                 loss = loss + self.config.gan_weight * surrogate_loss(x0_fake, gan_grad) / x0_fake.shape[0]
             stepped = backward_and_step(self.engine, loss)
             sample = x0_fake.detach()
-            grad_norm = {"generator/grad_norm": float(self.engine.get_global_grad_norm() or 0.0)} if stepped else {}
-            return grad_norm | {
+            return step_metrics(self.engine, self.role, stepped) | {
                 "generator/dm_loss": loss_dm.item(),
                 "generator/gan_loss": gan_loss,
-                "generator/skipped_steps": float(not stepped),
                 "generator/sample_mean": sample.mean().item(),
                 "generator/sample_std": sample.std().item(),
                 "generator/lr": self.engine.get_lr()[0],
