@@ -34,7 +34,9 @@ def connect(logical_cpus: float = 0) -> bool:
         return False
     local = not os.environ.get("RAY_ADDRESS")
     if local:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(logical_cpus)))
+        # "local": without it Ray attaches to whatever /tmp/ray/ray_current_cluster names (a stale
+        # `ray start` or test cluster), and then refuses num_cpus.
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(logical_cpus)))
     else:
         ray.init()
     ray.data.DataContext.get_current().enable_progress_bars = False  # jobs print their own status lines
