@@ -24,10 +24,10 @@ def in_process_roles(config, num_train_timesteps: int):
     from workers.teacher import Teacher
 
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-    generator_setup, critic_setup = role_setups(config, num_train_timesteps)
+    teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
     teacher, critic, generator = Teacher(0, 1, 2, config.seed), Critic(0, 1, 2, config.seed), Generator(0, 1, 2, config.seed)
     teacher_dir = str(Path(config.teacher).resolve())
-    teacher.setup(teacher_dir, config.dmd2.guidance_scale)
+    teacher.setup(teacher_dir, teacher_setup)
     critic.setup(teacher_dir, critic_setup, real_data=None)
     generator.setup(teacher_dir, generator_setup)
     return teacher, critic, generator
@@ -39,7 +39,7 @@ def in_process_cycle(teacher, critic, generator, config, step: int) -> None:
     for i in range(config.dmd2.critic_updates_per_generator_update):
         critic.train_step(step * 1000 + i, generator.generate(GenerateRequest(step * 1000 + i, 0, keep_graph=False, shards=1)))
     fake = generator.generate(GenerateRequest(step * 1000 + 999, 0, keep_graph=True, shards=1))
-    generator.update(1, teacher.x0(fake), critic.feedback(fake))
+    generator.update(1, teacher.answer(fake), critic.feedback(fake))
 
 
 def main() -> None:

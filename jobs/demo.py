@@ -8,17 +8,17 @@ Steps whose output already exists are reused (delete the folder or pass --fresh 
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
 from jobs.cli import run_main
+from jobs.report import format_table, timed
 from orchestrator.config import DistillConfig, TeacherTrainingConfig
 from orchestrator.config_loading import load_config
 
 CONFIGS = Path(__file__).parent / "configs"
 # Four steps from t = 399 (see digits.yaml); the teacher unguided in the DM loss, which measured
 # FD 10.6 against 26.3 with CFG 1.5 (whose mode-seeking compounds over steps: recall 0.50 vs 0.70).
-FOUR_STEPS = ["dmd2.timesteps=[399,299,199,99]", "dmd2.guidance_scale=1.0"]
+FOUR_STEPS = ["student.timesteps=[399,299,199,99]", "dmd2.guidance_scale=1.0"]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -85,29 +85,6 @@ def evaluate_rows(args, teacher: Path) -> list[dict]:
         grid = args.root / "grids" / (name.replace(", ", "_").replace(" ", "_") + ".png")
         save_grid(sample_from_folder(folder, steps, 100, 0).images, grid)
     return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    columns = [("model", "model", "{}"), ("fd", "FD", "{:.2f}"), ("fd_mlp", "FD (MLP)", "{:.2f}"), ("fd_pixels", "FD (pixels)", "{:.2f}"),
-               ("class_accuracy", "class acc.", "{:.3f}"), ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
-               ("network_passes", "passes", "{:.0f}"), ("seconds_per_image", "ms/image", "{:.3f}")]
-    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        values = [fmt.format(row[key] * 1000 if key == "seconds_per_image" else row[key]) if row.get(key) is not None else "-" for key, _, fmt in columns]
-        lines.append("| " + " | ".join(values) + " |")
-    return "\n".join(lines)
-
-
-class timed:
-    def __init__(self, timings: dict, name: str):
-        self.timings, self.name = timings, name
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.timings[self.name] = time.perf_counter() - self.start
-        print(f"[demo] {self.name}: {self.timings[self.name]:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -108,39 +108,85 @@ class RolesConfig:
     generator: RoleConfig = field(default_factory=RoleConfig)
 
 
+STUDENT_INPUTS = ("backward_simulated", "forward_noised")
+STUDENT_SAMPLERS = ("lcm", "ddim", "noise_corrected_ddim")
+
+
+@dataclass
+class StudentConfig:
+    """The few-step student: where it samples, what it trains on, how it moves between its timesteps."""
+
+    timesteps: list[int] = field(default_factory=lambda: [999])
+    """The student's timesteps, high to low: [999] one step; [999, 749, 499, 249] four steps."""
+    inputs: str = "backward_simulated"
+    """What the student trains on at its timestep t_k. backward_simulated: its own k sampler steps from
+    pure noise, without gradient (DMD2's backward simulation, Imagine Flash's backward distillation);
+    forward_noised: real images noised to t_k (the ablation both papers report)."""
+    sampler: str = "lcm"
+    """lcm: x0 re-noised with fresh noise (DMD2); ddim: deterministic DDIM; noise_corrected_ddim: DDIM whose
+    first step uses the initial noise instead of the predicted one (Imagine Flash). Used in backward
+    simulation and saved as the student's scheduler."""
+
+    def check(self, where: str = "") -> None:
+        ts = self.timesteps
+        require(len(ts) >= 1, f"{where}.timesteps", "needs at least one timestep, e.g. [999]")
+        require(all(a > b for a, b in zip(ts, ts[1:])), f"{where}.timesteps", f"{ts} must be strictly decreasing, e.g. [999, 749, 499, 249]")
+        require(min(ts) >= 0, f"{where}.timesteps", f"{ts} holds a negative timestep; use teacher training timesteps 0 .. T-1")
+        require(self.inputs in STUDENT_INPUTS, f"{where}.inputs", f"{self.inputs!r} is not one of {', '.join(STUDENT_INPUTS)}")
+        require(self.sampler in STUDENT_SAMPLERS, f"{where}.sampler", f"{self.sampler!r} is not one of {', '.join(STUDENT_SAMPLERS)}")
+        require(self.sampler == "lcm" or len(ts) > 1, f"{where}.sampler",
+                f"{self.sampler} changes only how the student moves between timesteps, and {ts} has one; use lcm or give several timesteps")
+
+
 @dataclass
 class Dmd2Config:
-    """DMD2 (Yin et al. 2024): distribution matching + two time-scale updates + GAN + backward simulation."""
+    """DMD2 (Yin et al. 2024): the distribution-matching loss, two time-scale updates and the GAN."""
 
     critic_updates_per_generator_update: int = 5
     """TTUR ratio N: critic updates per generator update (5 for ImageNet-64 and SDXL, 10 for SD 1.5)."""
-    timesteps: list[int] = field(default_factory=lambda: [999])
-    """The student's timesteps, high to low: [999] one step; [999, 749, 499, 249] four steps."""
-    backward_simulation: bool = True
-    """Multi-step students train on inputs they made themselves from noise (DMD2 sec. 4.5)."""
     dm_t_min: float = 0.02
     """DM loss timesteps are drawn from UniformInt[dm_t_min * T, dm_t_max * T]."""
     dm_t_max: float = 0.98
     guidance_scale: float = 1.0
     """The teacher's classifier-free guidance in the DM loss (1: none; 0: unconditional)."""
     dm_weight: float = 1.0
-    """Weight of the DM loss in the generator's loss (0 turns it off: GAN alone)."""
+    """Weight of the DM loss in the generator's loss (0 turns it off)."""
     gan_generator_weight: float = 3e-3
-    """Weight of the generator's GAN loss (0: no GAN, no real data needed)."""
+    """Weight of the generator's GAN loss (0: no GAN, no real data needed). Imagine Flash's discriminator is this same head."""
     gan_discriminator_weight: float = 1e-2
     """Weight of the discriminator loss in the critic's loss."""
 
     def check(self, where: str = "") -> None:
-        ts = self.timesteps
         require(self.critic_updates_per_generator_update >= 1, f"{where}.critic_updates_per_generator_update", f"{self.critic_updates_per_generator_update} must be at least 1 (DMD2 used 5)")
-        require(len(ts) >= 1, f"{where}.timesteps", "needs at least one timestep, e.g. [999]")
-        require(all(a > b for a, b in zip(ts, ts[1:])), f"{where}.timesteps", f"{ts} must be strictly decreasing, e.g. [999, 749, 499, 249]")
-        require(min(ts) >= 0, f"{where}.timesteps", f"{ts} holds a negative timestep; use teacher training timesteps 0 .. T-1")
         require(self.guidance_scale >= 0, f"{where}.guidance_scale", f"{self.guidance_scale} must not be negative (1: no guidance)")
         require(0 <= self.dm_t_min < self.dm_t_max <= 1, f"{where}.dm_t_min", f"need 0 <= dm_t_min < dm_t_max <= 1, got {self.dm_t_min} and {self.dm_t_max}")
         for name in ("dm_weight", "gan_generator_weight", "gan_discriminator_weight"):
             require(getattr(self, name) >= 0, f"{where}.{name}", f"{getattr(self, name)} must not be negative (0 turns that loss off)")
-        require(self.dm_weight > 0 or self.gan_generator_weight > 0, f"{where}.dm_weight", "dm_weight and gan_generator_weight are both 0: the generator would learn nothing")
+
+
+@dataclass
+class ImagineFlashConfig:
+    """Imagine Flash (Kohler et al. 2024): the shifted reconstruction loss (SRL). Its backward distillation is
+    student.inputs, its noise correction student.sampler, its discriminator the dmd2 GAN head."""
+
+    srl_weight: float = 0.0
+    """Weight of the SRL in the generator's loss (0: off)."""
+    gamma_scale: float = 1.0
+    """gamma(t) = clip(gamma_scale * t + gamma_shift + U{-gamma_jitter..gamma_jitter}, 0, T-1): the teacher
+    timestep the student's x0 is re-noised to; increasing in t (high t: structure, low t: detail)."""
+    gamma_shift: float = 0.0
+    gamma_jitter: int = 0
+    srl_teacher_steps: int = 1
+    """k: DDIM steps the teacher takes from gamma(t) down to its x0 target."""
+    srl_guidance_scale: float = 1.0
+    """The teacher's classifier-free guidance while making the SRL target (1: none)."""
+
+    def check(self, where: str = "") -> None:
+        require(self.srl_weight >= 0, f"{where}.srl_weight", f"{self.srl_weight} must not be negative (0 turns the SRL off)")
+        require(self.gamma_scale > 0, f"{where}.gamma_scale", f"{self.gamma_scale} must be positive: gamma(t) has to increase with t")
+        require(self.gamma_jitter >= 0, f"{where}.gamma_jitter", f"{self.gamma_jitter} must be 0 (none) or a positive number of timesteps")
+        require(1 <= self.srl_teacher_steps <= 50, f"{where}.srl_teacher_steps", f"{self.srl_teacher_steps} must be 1 to 50 teacher steps")
+        require(self.srl_guidance_scale >= 0, f"{where}.srl_guidance_scale", f"{self.srl_guidance_scale} must not be negative (1: no guidance)")
 
 
 @dataclass
@@ -174,7 +220,9 @@ class DistillConfig:
     """A student folder (of this teacher's architecture) the generator starts from; unset: the teacher's weights."""
     output: Path = Path("runs/distill")
     """Where the student, checkpoints and summary.json go (the --output flag sets it)."""
+    student: StudentConfig = field(default_factory=StudentConfig)
     dmd2: Dmd2Config = field(default_factory=Dmd2Config)
+    imagine_flash: ImagineFlashConfig = field(default_factory=ImagineFlashConfig)
     roles: RolesConfig = field(default_factory=RolesConfig)
     generator_steps: int = 300
     """Generator updates to run (the critic runs N times as many)."""
@@ -213,4 +261,7 @@ class DistillConfig:
             ranks = getattr(self.roles, name).ranks
             require(self.batch_size % ranks == 0, "batch_size", f"{self.batch_size} must be divisible by roles.{name}.ranks={ranks}")
         require(self.eval_num >= 10, "eval_num", f"{self.eval_num} must be at least 10")
+        d, srl = self.dmd2, self.imagine_flash
+        require(d.dm_weight > 0 or d.gan_generator_weight > 0 or srl.srl_weight > 0, "dmd2.dm_weight",
+                "dmd2.dm_weight, dmd2.gan_generator_weight and imagine_flash.srl_weight are all 0: the generator would learn nothing; turn one on")
         require(self.roles.teacher.sharding.zero_stage == 0, "roles.teacher.sharding.zero_stage", "the frozen teacher is replicated in this version; set 0")

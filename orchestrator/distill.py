@@ -78,20 +78,20 @@ def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
     from workers.generator import Generator
     from workers.teacher import Teacher
 
-    roles, d = config.roles, config.dmd2
+    roles = config.roles
     started: list[RoleGroup] = []
     try:  # a failure part-way leaves no actor or placement group behind
         for name, actor_class in (("teacher", Teacher), ("critic", Critic), ("generator", Generator)):
             started.append(RoleGroup(name, actor_class, getattr(roles, name), config.seed, config.placement_timeout_s))
         groups = Roles(*started)
-        gan = d.gan_generator_weight > 0
-        splits = real_data_splits(config.data, roles.critic.ranks) if gan else [None] * roles.critic.ranks
-        generator_setup, critic_setup = role_setups(config, num_train_timesteps)
+        critic_data = real_data_splits(config.data, roles.critic.ranks) if config.dmd2.gan_generator_weight > 0 else [None] * roles.critic.ranks
+        generator_data = real_data_splits(config.data, roles.generator.ranks) if config.student.inputs == "forward_noised" else [None] * roles.generator.ranks
+        teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
         teacher = str(Path(config.teacher).resolve())
         ray.get(
-            groups.teacher.call_async("setup", teacher, d.guidance_scale)
-            + [actor.setup.remote(teacher, critic_setup, split) for actor, split in zip(groups.critic.actors, splits)]
-            + groups.generator.call_async("setup", teacher, generator_setup),
+            groups.teacher.call_async("setup", teacher, teacher_setup)
+            + [actor.setup.remote(teacher, critic_setup, split) for actor, split in zip(groups.critic.actors, critic_data)]
+            + [actor.setup.remote(teacher, generator_setup, split) for actor, split in zip(groups.generator.actors, generator_data)],
             timeout=config.fault_tolerance.cycle_timeout_s,
         )
         return groups
@@ -114,19 +114,25 @@ def real_data_splits(path: Path, ranks: int) -> list:
 
 
 def role_setups(config: DistillConfig, num_train_timesteps: int):
-    """What the generator and critic need to know, per rank."""
+    """What the teacher, critic and generator need to know, per rank."""
     from workers.critic import CriticSetup
     from workers.generator import GeneratorSetup
+    from workers.teacher import TeacherSetup
 
-    roles, d = config.roles, config.dmd2
-    generator_setup = GeneratorSetup(
-        timesteps=list(d.timesteps), micro_batch=config.batch_size // roles.generator.ranks,
-        dm_t_min=int(d.dm_t_min * num_train_timesteps), dm_t_max=min(int(d.dm_t_max * num_train_timesteps), num_train_timesteps - 1),
-        dm_weight=d.dm_weight, gan_weight=d.gan_generator_weight, optimizer=roles.generator.optimizer, sharding=roles.generator.sharding,
-        init_from=str(Path(config.generator_init).resolve()) if config.generator_init else None,
+    roles, d, srl, student = config.roles, config.dmd2, config.imagine_flash, config.student
+    teacher_setup = TeacherSetup(
+        guidance_scale=d.guidance_scale, dm=d.dm_weight > 0, srl=srl.srl_weight > 0, gamma_scale=srl.gamma_scale, gamma_shift=srl.gamma_shift,
+        gamma_jitter=srl.gamma_jitter, srl_teacher_steps=srl.srl_teacher_steps, srl_guidance_scale=srl.srl_guidance_scale,
     )
     critic_setup = CriticSetup(config.batch_size // roles.critic.ranks, d.gan_discriminator_weight, d.gan_generator_weight, roles.critic.optimizer, roles.critic.sharding)
-    return generator_setup, critic_setup
+    generator_setup = GeneratorSetup(
+        timesteps=list(student.timesteps), inputs=student.inputs, sampler=student.sampler, micro_batch=config.batch_size // roles.generator.ranks,
+        dm_t_min=int(d.dm_t_min * num_train_timesteps), dm_t_max=min(int(d.dm_t_max * num_train_timesteps), num_train_timesteps - 1),
+        dm_weight=d.dm_weight, gan_weight=d.gan_generator_weight, srl_weight=srl.srl_weight,
+        optimizer=roles.generator.optimizer, sharding=roles.generator.sharding,
+        init_from=str(Path(config.generator_init).resolve()) if config.generator_init else None,
+    )
+    return teacher_setup, critic_setup, generator_setup
 
 
 def generate(groups: Roles, request) -> list:
@@ -147,8 +153,8 @@ def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Genera
 
     shards = shard_count(*groups.all())
     per_generator_rank = shards // groups.generator.ranks
-    steps = len(config.dmd2.timesteps)
-    draw_k = lambda: int(rng.integers(steps)) if config.dmd2.backward_simulation else 0  # noqa: E731
+    steps = len(config.student.timesteps)
+    draw_k = lambda: int(rng.integers(steps))  # noqa: E731  (the student timestep trained this time)
 
     # Critic updates on fresh samples. The generator's weights are fixed until its update, so all N
     # requests go out at once and the actors' queues pipeline them: equal to the plain schedule.
@@ -160,11 +166,11 @@ def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Genera
 
     # Generator update: samples with graph; teacher and critic answer per shard, in parallel.
     fakes = generate(groups, GenerateRequest(step * 1000 + 999, draw_k(), keep_graph=True, shards=per_generator_rank))
-    teacher_x0 = [groups.teacher.actors[i * groups.teacher.ranks // len(fakes)].x0.remote(f) for i, f in enumerate(fakes)]
+    teacher_answers = [groups.teacher.actors[i * groups.teacher.ranks // len(fakes)].answer.remote(f) for i, f in enumerate(fakes)]
     feedback = [groups.critic.actors[i * groups.critic.ranks // len(fakes)].feedback.remote(f) for i, f in enumerate(fakes)]
     generator_refs = [
-        actor.update.remote(per_generator_rank, *own_x0, *own_feedback)
-        for actor, own_x0, own_feedback in zip(groups.generator.actors, assign(teacher_x0, groups.generator.ranks), assign(feedback, groups.generator.ranks))
+        actor.update.remote(per_generator_rank, *own_answers, *own_feedback)
+        for actor, own_answers, own_feedback in zip(groups.generator.actors, assign(teacher_answers, groups.generator.ranks), assign(feedback, groups.generator.ranks))
     ]
     results = ray.get(generator_refs + critic_refs, timeout=config.fault_tolerance.cycle_timeout_s)
     return mean_metrics(results)
@@ -245,6 +251,12 @@ def run_with_recovery(config: DistillConfig, num_train_timesteps: int, checkpoin
                 progress = Progress()
 
 
+def method_name(config: DistillConfig) -> str:
+    """dmd2, imagine-flash, or both joined: the losses this run trains with (run names, model manifests)."""
+    parts = [name for name, on in (("dmd2", config.dmd2.dm_weight > 0), ("imagine-flash", config.imagine_flash.srl_weight > 0)) if on]
+    return "+".join(parts) or "gan"
+
+
 def role_cpus(config: DistillConfig) -> float:
     """Logical CPUs the three role groups reserve, plus one for the driver's Ray Data work."""
     roles = config.roles
@@ -282,7 +294,9 @@ def distill(config: DistillConfig) -> dict:
     timeout = config.fault_tolerance.cycle_timeout_s
     wall_start = time.perf_counter()
     # A resumed run continues its MLflow run: one run id per distillation, however often it restarts.
-    with mlflow.start_run(run_id=progress.mlflow_run_id, run_name=None if progress.mlflow_run_id else f"dmd2-{len(config.dmd2.timesteps)}step") as run:
+    # Inside a caller's run (an ablation, a sweep) the distillation is a nested run.
+    run_name = None if progress.mlflow_run_id else f"{method_name(config)}-{len(config.student.timesteps)}step"
+    with mlflow.start_run(run_id=progress.mlflow_run_id, run_name=run_name, nested=mlflow.active_run() is not None) as run:
         if progress.mlflow_run_id is None:
             mlflow.log_params(run_params(to_dict(config), uri))
         progress.mlflow_run_id = run.info.run_id
@@ -290,12 +304,13 @@ def distill(config: DistillConfig) -> dict:
         print(f"distill: MLflow run {run.info.run_id} at {redact(uri)}", flush=True)
 
         def export(groups: Roles, path: Path) -> Path:
-            return export_student(ray.get(groups.generator.actors[0].state.remote(), timeout=timeout), teacher, config.dmd2.timesteps, path)
+            return export_student(ray.get(groups.generator.actors[0].state.remote(), timeout=timeout), teacher, config.student, path, method_name(config))
 
         def on_log(groups: Roles, step: int, metrics: dict, p: Progress) -> None:
             rate = step / max(p.seconds, 1e-9)
             fd = f"  fd {p.evaluations[-1]['fd']:.2f}" if p.evaluations else ""
-            print(f"step {step}/{config.generator_steps}  dm {metrics.get('generator/dm_loss', 0):.4f}  gan {metrics.get('generator/gan_loss', 0):.3f}  "
+            losses = "".join(f"{name} {metrics[f'generator/{name}_loss']:.4f}  " for name in ("dm", "srl", "gan") if f"generator/{name}_loss" in metrics)
+            print(f"step {step}/{config.generator_steps}  {losses}"
                   f"mean {metrics.get('generator/sample_mean', 0):+.3f} std {metrics.get('generator/sample_std', 0):.3f}  "
                   f"{rate:.2f} steps/s  eta {(config.generator_steps - step) / rate:.0f}s{fd}", flush=True)
             logger.log(metrics | {"generator/steps_per_second": rate, "restarts": float(p.restarts)}, step)
@@ -331,7 +346,7 @@ def distill(config: DistillConfig) -> dict:
             "restarts": progress.restarts,
             "skipped_cycles": progress.skipped_cycles,
             "resumed_from": str(resume_from) if resume_from else None,
-            "student_timesteps": list(config.dmd2.timesteps),
+            "student_timesteps": list(config.student.timesteps),
             "seconds": {"setup": setup_seconds[0], "schedule": progress.seconds, "total": time.perf_counter() - wall_start},
             "final_metrics": progress.metrics,
             "evaluations": progress.evaluations,

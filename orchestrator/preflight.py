@@ -10,6 +10,7 @@ from pathlib import Path
 from orchestrator.config import DistillConfig
 from orchestrator.role_group import bundle, check_placement
 from workers.errors import ConfigError, UserError
+from workers.noise_correction import MIN_ALPHA  # below it an epsilon x0 estimate amplifies errors over 1000x
 
 
 def preflight(config: DistillConfig, nodes: list[dict[str, float]], fixed_cluster: bool) -> Path | None:
@@ -44,9 +45,6 @@ def resume_point(config: DistillConfig, checkpoints: Path) -> Path | None:
     return path
 
 
-MIN_ALPHA = 1e-3  # below it, an epsilon-prediction x0 estimate amplifies errors over 1000x
-
-
 def check_inputs(config: DistillConfig):
     """Everything that can be checked before an actor starts: teacher folder, data, their agreement."""
     from workers.data import read_info
@@ -60,7 +58,7 @@ def check_inputs(config: DistillConfig):
     if manifest.kind != "teacher":
         raise ConfigError(f"teacher: {config.teacher} holds a {manifest.kind}, not a teacher; point at a folder written by jobs.train_teacher")
     try:
-        info = read_info(config.data) if config.dmd2.gan_generator_weight > 0 else None
+        info = read_info(config.data) if needs_real_data(config) else None
     except UserError as error:
         raise ConfigError(f"data: {error}") from None
     unet_config = json.loads((Path(config.teacher) / "unet" / "config.json").read_text())
@@ -79,14 +77,23 @@ def check_inputs(config: DistillConfig):
         if start.kind != "student" or not same:
             raise ConfigError(f"generator_init: {config.generator_init} is not a student of this teacher's architecture; point at a DIR/student folder distilled from it")
     schedule = NoiseSchedule.from_scheduler_config(json.loads((Path(config.teacher) / "scheduler" / "scheduler_config.json").read_text()))
-    first = max(config.dmd2.timesteps)
+    timesteps = config.student.timesteps
+    first = max(timesteps)
     if first >= schedule.num_train_timesteps:
-        raise ConfigError(f"dmd2.timesteps: {config.dmd2.timesteps} must be below the teacher's num_train_timesteps={schedule.num_train_timesteps}")
+        raise ConfigError(f"student.timesteps: {timesteps} must be below the teacher's num_train_timesteps={schedule.num_train_timesteps}")
     alpha = float(schedule.alphas_cumprod[first].sqrt())
     if schedule.prediction_type == "epsilon" and alpha < MIN_ALPHA:
-        raise ConfigError(f"dmd2.timesteps: the teacher's schedule has alpha={alpha:.2g} at t={first} (zero terminal SNR?), so its x0 = (x_t - sigma eps) / alpha "
+        raise ConfigError(f"student.timesteps: the teacher's schedule has alpha={alpha:.2g} at t={first} (zero terminal SNR?), so its x0 = (x_t - sigma eps) / alpha "
                           f"amplifies errors {1 / alpha:.0f}x; start at a lower timestep or use a v-prediction teacher")
+    if config.student.sampler == "noise_corrected_ddim" and alpha < MIN_ALPHA:
+        raise ConfigError(f"student.sampler: noise correction needs signal at the first timestep, and the teacher's schedule has alpha={alpha:.2g} at t={first} "
+                          "(zero terminal SNR); use sampler ddim or start at a lower timestep")
     return manifest, info
+
+
+def needs_real_data(config: DistillConfig) -> bool:
+    """The GAN's real side, or a student trained on forward-noised real images."""
+    return config.dmd2.gan_generator_weight > 0 or config.student.inputs == "forward_noised"
 
 
 def ensure_teacher(config: DistillConfig) -> bool:

@@ -5,26 +5,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from orchestrator.config import StudentConfig
 from workers.models import ModelFolder, ModelManifest, save_model_folder
 
 
-def student_scheduler_config(teacher_scheduler_config: dict) -> dict:
-    """diffusers' LCMScheduler on the teacher's betas: x0 at each timestep, re-noised to the next.
+def student_scheduler_config(teacher_scheduler_config: dict, sampler: str = "lcm") -> dict:
+    """The student's sampler as a diffusers scheduler on the teacher's betas.
 
-    No x0 clipping between steps, so inference is exactly the sampler the student trained with.
+    lcm: diffusers' LCMScheduler (x0 at each timestep, re-noised to the next), without x0 clipping
+    so inference is exactly the sampler the student trained with; ddim and noise_corrected_ddim:
+    this project's NoiseCorrectedDDIMScheduler with noise correction off or on.
     """
     from diffusers import LCMScheduler
 
-    config = dict(LCMScheduler.from_config(teacher_scheduler_config, clip_sample=False).config)
-    return {"_class_name": "LCMScheduler", **config}
+    from workers.noise_correction import NoiseCorrectedDDIMScheduler
+
+    if sampler == "lcm":
+        config = dict(LCMScheduler.from_config(teacher_scheduler_config, clip_sample=False).config)
+        return {"_class_name": "LCMScheduler", **config}
+    scheduler = NoiseCorrectedDDIMScheduler.from_config(teacher_scheduler_config, noise_correction=sampler == "noise_corrected_ddim")
+    return {"_class_name": "NoiseCorrectedDDIMScheduler", **dict(scheduler.config)}
 
 
-def export_student(weights: dict[str, torch.Tensor], teacher: ModelFolder, timesteps: list[int], path: Path, method: str = "dmd2") -> Path:
-    """Write the student's model folder: the teacher's architecture with the student's weights."""
+def export_student(weights: dict[str, torch.Tensor], teacher: ModelFolder, student: StudentConfig, path: Path, method: str = "dmd2") -> Path:
+    """Write the student's model folder: the teacher's architecture with the student's weights and sampler."""
     unet = type(teacher.unet).from_config(teacher.unet.config)
     unet.load_state_dict(weights)
-    manifest = ModelManifest(kind="student", num_classes=teacher.manifest.num_classes, guidance_scale=1.0, timesteps=list(timesteps), method=method)
-    return save_model_folder(path, unet, student_scheduler_config(teacher.scheduler_config), manifest)
+    manifest = ModelManifest(kind="student", num_classes=teacher.manifest.num_classes, guidance_scale=1.0, timesteps=list(student.timesteps), method=method)
+    return save_model_folder(path, unet, student_scheduler_config(teacher.scheduler_config, student.sampler), manifest)
 
 
 class StudentEvaluator:

@@ -16,14 +16,21 @@ REPO = Path(__file__).parents[1]
 
 # (overrides, what the one-line message must contain)
 BAD_CONFIGS = [
-    (["dmd2.timesteps=[499,999]"], "dmd2.timesteps: [499, 999] must be strictly decreasing"),
-    (["dmd2.timesteps=[]"], "dmd2.timesteps: needs at least one timestep"),
-    (["dmd2.timesteps=[1000]"], "must be below the teacher's num_train_timesteps=1000"),
-    (["dmd2.timesteps=[999,-1]"], "negative timestep"),
+    (["student.timesteps=[499,999]"], "student.timesteps: [499, 999] must be strictly decreasing"),
+    (["student.timesteps=[]"], "student.timesteps: needs at least one timestep"),
+    (["student.timesteps=[1000]"], "must be below the teacher's num_train_timesteps=1000"),
+    (["student.timesteps=[999,-1]"], "negative timestep"),
     (["dmd2.critic_updates_per_generator_update=0"], "critic_updates_per_generator_update: 0 must be at least 1"),
     (["dmd2.dm_t_min=0.9", "dmd2.dm_t_max=0.1"], "dmd2.dm_t_min: need 0 <= dm_t_min < dm_t_max <= 1"),
     (["dmd2.gan_generator_weight=-1"], "dmd2.gan_generator_weight: -1.0 must not be negative"),
     (["dmd2.dm_weight=0", "dmd2.gan_generator_weight=0"], "the generator would learn nothing"),
+    (["student.inputs=noised"], "student.inputs: 'noised' is not one of backward_simulated, forward_noised"),
+    (["student.sampler=euler"], "student.sampler: 'euler' is not one of lcm, ddim, noise_corrected_ddim"),
+    (["student.timesteps=[999]", "student.sampler=noise_corrected_ddim"], "student.sampler: noise_corrected_ddim changes only how the student moves"),
+    (["imagine_flash.gamma_scale=0"], "imagine_flash.gamma_scale: 0.0 must be positive"),
+    (["imagine_flash.srl_teacher_steps=0"], "imagine_flash.srl_teacher_steps: 0 must be 1 to 50"),
+    (["imagine_flash.srl_weight=-1"], "imagine_flash.srl_weight: -1.0 must not be negative"),
+    (["student.inputs=forward_noised", "data=/nonexistent/data"], "data: data set folder /nonexistent/data does not exist"),
     (["roles.critic.optimizer.learning_rate=0"], "roles.critic.optimizer.learning_rate: 0.0 must be positive"),
     (["roles.generator.optimizer.learning_rate=fast"], "roles.generator.optimizer.learning_rate: expected float, got 'fast'"),
     (["roles.generator.optimizer.grad_clip=-1"], "roles.generator.optimizer.grad_clip: -1.0 must be 0 (off) or positive"),
@@ -105,10 +112,10 @@ def test_resume_never_refuses_an_output_with_checkpoints(tiny_teacher, tmp_path,
 
 def test_a_bad_config_prints_no_traceback_from_the_command_line(tiny_teacher):
     done = subprocess.run([sys.executable, "-m", "jobs.distill", "--config", str(CONFIGS / "tiny.yaml"), "--set", f"data={tiny_teacher / 'data'}",
-                           "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", "dmd2.timesteps=[499,999]", "--dry-run"],
+                           "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", "student.timesteps=[499,999]", "--dry-run"],
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("error: dmd2.timesteps"), done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: student.timesteps"), done.stderr
 
 
 def test_float_fields_accept_yaml_exponents_without_a_dot():

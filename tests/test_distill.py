@@ -34,7 +34,7 @@ def test_tiny_distillation_end_to_end(tiny_teacher, tmp_path, mlflow_store):
     client = mlflow.MlflowClient(mlflow_store)
     run = client.get_run(summary["mlflow_run_id"])
     assert "generator/dm_loss" in run.data.metrics and "critic/denoising_loss" in run.data.metrics
-    assert "generator/sample_std" in run.data.metrics and "teacher/x0_seconds" in run.data.metrics
+    assert "generator/sample_std" in run.data.metrics and "teacher/dm_x0_seconds" in run.data.metrics
     assert run.data.params["dmd2.critic_updates_per_generator_update"] == "2"
     assert any(a.path == "student_grid.png" for a in client.list_artifacts(run.info.run_id))
 

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.data import batch_to_arrays
 from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, load_engine, save_engine, step_metrics, wrap
 from workers.gan_head import bottleneck, head_for
 from workers.losses import denoising_loss, discriminator_loss, generator_gan_loss, sample_timesteps
@@ -55,26 +54,9 @@ class Critic(RoleWorker):
         self.model = CriticModel(folder.unet.train().requires_grad_(True), folder.manifest.num_classes, folder.schedule)
         self.engine = wrap(self.model, setup.optimizer, setup.sharding, setup.micro_batch)
         self.shape = tuple(self.model.unet.config[k] for k in ("in_channels", "sample_size", "sample_size"))
-        self.real_data, self.real_batches_taken = real_data, 0
-        self.real_batches = self._real_batches(real_data, 0) if setup.generator_gan_weight > 0 else None
-
-    def _real_batches(self, iterator, skip: int):
-        """Endless real batches (images, labels) from this rank's data split, epoch after epoch.
-
-        The shuffle is seeded per (run seed, epoch, rank), so a resumed run that skips the batches
-        it already took sees the same stream as an uninterrupted one.
-        """
-        if iterator is None:
-            raise ValueError("the GAN is on but the critic got no real data")
-        taken, epoch = 0, 0
-        while True:
-            seed = hash((self.seed, epoch, self.rank)) % 2**31
-            for batch in iterator.iter_batches(batch_size=self.config.micro_batch, batch_format="numpy", drop_last=True,
-                                               local_shuffle_buffer_size=4 * self.config.micro_batch, local_shuffle_seed=seed):
-                taken += 1
-                if taken > skip:
-                    yield batch_to_arrays(batch, self.shape)
-            epoch += 1
+        self.real_data = real_data
+        if setup.generator_gan_weight > 0:
+            self.open_real_batches(real_data, setup.micro_batch, self.shape)
 
     def train_step(self, seed: int, *fakes: GeneratedBatch) -> dict[str, float]:
         """One critic update: denoising loss on the generator's samples (+ discriminator loss on real vs fake)."""
@@ -87,8 +69,7 @@ class Critic(RoleWorker):
             loss_denoise = denoising_loss(self.engine(self.schedule.add_noise(x0, eps, t), t, labels), self.schedule, x0, eps, t)
             loss, metrics = loss_denoise, {"critic/denoising_loss": loss_denoise.item()}
             if self.real_batches is not None:
-                real_images, real_labels = next(self.real_batches)
-                self.real_batches_taken += 1
+                real_images, real_labels = self.next_real_batch()
                 logits_real = self.model.logits(as_tensor(real_images), None if real_labels is None else as_tensor(real_labels), rng)
                 logits_fake = self.model.logits(x0, labels, rng)
                 loss_d = discriminator_loss(logits_real, logits_fake)
@@ -106,7 +87,7 @@ class Critic(RoleWorker):
             if self.real_batches is None:
                 return CriticFeedback(x0_critic.float().numpy(), None, 0.0)
             x0 = as_tensor(batch.x0).requires_grad_(True)
-            gan_loss = generator_gan_loss(self.model.logits(x0, labels, self.generator_for(int(batch.t.sum()))))
+            gan_loss = generator_gan_loss(self.model.logits(x0, labels, self.generator_for(batch.seed)))
             # Gradient of the per-sample sum, wrt x0 only (no parameter gradients): the generator divides by its batch.
             (gan_grad,) = torch.autograd.grad(gan_loss * x0.shape[0], [x0])
             return CriticFeedback(x0_critic.float().numpy(), gan_grad.float().numpy(), gan_loss.item())
@@ -117,6 +98,5 @@ class Critic(RoleWorker):
     def load(self, directory: Path) -> None:
         """Restore weights and optimizer, and fast-forward the real-data stream (right after setup)."""
         extra = load_engine(self.engine, self.model, Path(directory), self.rank)
-        self.real_batches_taken = int(extra.get("real_batches_taken", 0))
         if self.real_batches is not None:
-            self.real_batches = self._real_batches(self.real_data, self.real_batches_taken)
+            self.open_real_batches(self.real_data, self.config.micro_batch, self.shape, int(extra.get("real_batches_taken", 0)))

@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, load_engine, save_engine, step_metrics, wrap
+from workers.imagine_flash import srl_loss
 from workers.losses import dm_gradient, dm_loss, sample_timesteps, surrogate_loss
-from workers.messages import CriticFeedback, GeneratedBatch, GenerateRequest, as_tensor
+from workers.messages import CriticFeedback, GeneratedBatch, GenerateRequest, TeacherAnswer, as_tensor
 from workers.models import Denoiser, load_model_folder
 from workers.role import RoleWorker
 from workers.sampling import backward_simulate, timestep_batch
@@ -17,11 +18,14 @@ from workers.sampling import backward_simulate, timestep_batch
 @dataclass
 class GeneratorSetup:
     timesteps: list[int]  # the student's inference timesteps, high to low
+    inputs: str  # backward_simulated or forward_noised (student.inputs)
+    sampler: str  # lcm, ddim or noise_corrected_ddim (student.sampler)
     micro_batch: int  # this rank's batch per call
     dm_t_min: int  # DM loss timesteps, inclusive
     dm_t_max: int
     dm_weight: float
     gan_weight: float
+    srl_weight: float
     optimizer: OptimizerConfig
     sharding: ShardingConfig
     init_from: str | None = None  # a student folder to start from instead of the teacher's weights
@@ -30,7 +34,8 @@ class GeneratorSetup:
 class Generator(RoleWorker):
     role = "generator"
 
-    def setup(self, teacher_dir: Path, setup: GeneratorSetup) -> None:
+    def setup(self, teacher_dir: Path, setup: GeneratorSetup, real_data=None) -> None:
+        """`real_data`: this rank's Ray Data iterator over real images (needed for forward-noised inputs)."""
         folder = load_model_folder(teacher_dir, self.device)  # the student starts as the teacher ...
         self.config, self.manifest, self.scheduler_config = setup, folder.manifest, folder.scheduler_config
         self.unet = folder.unet.train().requires_grad_(True)
@@ -40,51 +45,67 @@ class Generator(RoleWorker):
         self.denoiser = Denoiser(self.engine, folder.schedule, folder.manifest.num_classes)
         self.shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
         self.pending: torch.Tensor | None = None  # x0 with its graph, awaiting `update`
+        self.real_data = real_data
+        if setup.inputs == "forward_noised":
+            self.open_real_batches(real_data, setup.micro_batch, self.shape)
+
+    def _inputs(self, k: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The student's input at its timestep k (b, C, H, W), without graph, and its labels (b,) or None."""
+        b, ts, schedule = self.config.micro_batch, self.config.timesteps, self.denoiser.schedule
+        noise = torch.randn((b, *self.shape), generator=rng)
+        if self.real_batches is not None:  # the ablation: real images forward-noised to t_k
+            images, labels = self.next_real_batch()
+            labels = None if labels is None else as_tensor(labels)
+            return schedule.add_noise(as_tensor(images), noise, timestep_batch(ts[k], noise)), labels
+        labels = torch.randint(0, self.manifest.num_classes, (b,), generator=rng) if self.manifest.num_classes else None
+        x0_fn = lambda x_t, t: self.denoiser.x0(x_t, t, labels)  # noqa: E731
+        return backward_simulate(x0_fn, schedule, noise, ts, k, rng, self.config.sampler), labels
 
     def generate(self, request: GenerateRequest) -> GeneratedBatch | tuple[GeneratedBatch, ...]:
         """Fresh samples from noise at the student's timestep `backward_steps`, split into `shards` messages."""
         with self.timed("generate"):
             rng = self.generator_for(request.seed)
-            b, ts, schedule = self.config.micro_batch, self.config.timesteps, self.denoiser.schedule
-            labels = torch.randint(0, self.manifest.num_classes, (b,), generator=rng) if self.manifest.num_classes else None
-            noise = torch.randn((b, *self.shape), generator=rng)
-            x0_fn = lambda x_t, t: self.denoiser.x0(x_t, t, labels)  # noqa: E731
-            x_in = backward_simulate(x0_fn, schedule, noise, ts, request.backward_steps, rng)  # (b, C, H, W), no graph
+            k, schedule = request.backward_steps, self.denoiser.schedule
+            x_in, labels = self._inputs(k, rng)  # (b, C, H, W), no graph
+            student_t = timestep_batch(self.config.timesteps[k], x_in)
             with torch.set_grad_enabled(request.keep_graph):
-                x0 = x0_fn(x_in, timestep_batch(ts[request.backward_steps], x_in))
+                x0 = self.denoiser.x0(x_in, student_t, labels)
             if request.keep_graph:
                 self.pending = x0
-            t = sample_timesteps(b, self.config.dm_t_min, self.config.dm_t_max, rng)
+            t = sample_timesteps(x0.shape[0], self.config.dm_t_min, self.config.dm_t_max, rng)
             x_t = schedule.add_noise(x0.detach(), torch.randn(x0.shape, generator=rng), t)
-            batch = GeneratedBatch(x0.detach().numpy(), x_t.numpy(), t.numpy(), None if labels is None else labels.numpy())
+            batch = GeneratedBatch(x0.detach().numpy(), x_t.numpy(), t.numpy(), None if labels is None else labels.numpy(), student_t.numpy(), request.seed)
             shards = split_batch(batch, request.shards)
             return shards[0] if len(shards) == 1 else tuple(shards)
 
     def update(self, shards: int, *answers) -> dict[str, float]:
-        """Back-propagate the DM and GAN losses through the kept graph and step.
+        """Back-propagate the DM, SRL and GAN losses through the kept graph and step.
 
-        `answers`: the teacher's x0 per shard, then the critic's CriticFeedback per shard.
+        `answers`: the teacher's TeacherAnswer per shard, then the critic's CriticFeedback per shard.
         """
         with self.timed("update"):
-            x0_real = as_tensor(np.concatenate(answers[:shards]))
+            teacher: list[TeacherAnswer] = list(answers[:shards])
             feedback: list[CriticFeedback] = list(answers[shards:])
-            x0_critic = as_tensor(np.concatenate([f.x0 for f in feedback]))
             x0_fake, self.pending = self.pending, None
             if x0_fake is None:
                 raise RuntimeError("update called without a generate(keep_graph=True) before it")
-            gradient = dm_gradient(x0_fake, x0_real, x0_critic)
-            loss_dm = dm_loss(x0_fake, gradient)
-            loss = self.config.dm_weight * loss_dm
-            gan_loss = float(np.mean([f.gan_loss for f in feedback]))
-            if self.config.gan_weight > 0:
+            c, loss, metrics = self.config, 0.0, {}
+            if c.dm_weight > 0:
+                x0_real = as_tensor(np.concatenate([a.x0 for a in teacher]))
+                x0_critic = as_tensor(np.concatenate([f.x0 for f in feedback]))
+                loss_dm = dm_loss(x0_fake, dm_gradient(x0_fake, x0_real, x0_critic))
+                loss, metrics["generator/dm_loss"] = loss + c.dm_weight * loss_dm, loss_dm.item()
+            if c.srl_weight > 0:
+                loss_srl = srl_loss(x0_fake, as_tensor(np.concatenate([a.srl_target for a in teacher])))
+                loss, metrics["generator/srl_loss"] = loss + c.srl_weight * loss_srl, loss_srl.item()
+            if c.gan_weight > 0:
                 gan_grad = as_tensor(np.concatenate([f.gan_grad for f in feedback]))
                 # The critic sent d(sum of per-sample losses)/dx0; divide by b for the mean.
-                loss = loss + self.config.gan_weight * surrogate_loss(x0_fake, gan_grad) / x0_fake.shape[0]
+                loss = loss + c.gan_weight * surrogate_loss(x0_fake, gan_grad) / x0_fake.shape[0]
+                metrics["generator/gan_loss"] = float(np.mean([f.gan_loss for f in feedback]))
             stepped = backward_and_step(self.engine, loss)
             sample = x0_fake.detach()
-            return step_metrics(self.engine, self.role, stepped) | {
-                "generator/dm_loss": loss_dm.item(),
-                "generator/gan_loss": gan_loss,
+            return step_metrics(self.engine, self.role, stepped) | metrics | {
                 "generator/sample_mean": sample.mean().item(),
                 "generator/sample_std": sample.std().item(),
                 "generator/lr": self.engine.get_lr()[0],
@@ -95,13 +116,17 @@ class Generator(RoleWorker):
         return {k: v.detach().cpu().clone() for k, v in self.unet.state_dict().items()}
 
     def save(self, directory: Path) -> None:
-        save_engine(self.engine, self.unet, Path(directory), self.rank)
+        save_engine(self.engine, self.unet, Path(directory), self.rank, {"real_batches_taken": self.real_batches_taken})
 
     def load(self, directory: Path) -> None:
-        load_engine(self.engine, self.unet, Path(directory), self.rank)
+        """Restore weights and optimizer, and fast-forward the real-data stream (right after setup)."""
+        extra = load_engine(self.engine, self.unet, Path(directory), self.rank)
+        if self.real_batches is not None:
+            self.open_real_batches(self.real_data, self.config.micro_batch, self.shape, int(extra.get("real_batches_taken", 0)))
 
 
 def split_batch(batch: GeneratedBatch, shards: int) -> list[GeneratedBatch]:
     """Split along the batch axis into `shards` equal messages."""
-    parts = [np.array_split(a, shards) if a is not None else [None] * shards for a in (batch.x0, batch.x_t, batch.t, batch.labels)]
-    return [GeneratedBatch(*(p[i] for p in parts)) for i in range(shards)]
+    arrays = (batch.x0, batch.x_t, batch.t, batch.labels, batch.student_t)
+    parts = [np.array_split(a, shards) if a is not None else [None] * shards for a in arrays]
+    return [GeneratedBatch(*(p[i] for p in parts), seed=batch.seed * 100 + i) for i in range(shards)]

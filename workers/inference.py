@@ -49,7 +49,9 @@ def scheduler_classes() -> dict:
     """The scheduler classes a student folder may name (no arbitrary class lookup from a file)."""
     import diffusers
 
-    return {name: getattr(diffusers, name) for name in ("LCMScheduler", "DDIMScheduler")}
+    from workers.noise_correction import NoiseCorrectedDDIMScheduler
+
+    return {"LCMScheduler": diffusers.LCMScheduler, "DDIMScheduler": diffusers.DDIMScheduler, "NoiseCorrectedDDIMScheduler": NoiseCorrectedDDIMScheduler}
 
 
 def balanced_labels(num: int, num_classes: int) -> np.ndarray | None:

@@ -24,6 +24,16 @@ class GeneratedBatch:
     x_t: np.ndarray  # (b, C, H, W) float32, add_noise(x0, eps, t)
     t: np.ndarray  # (b,) int64, t ~ UniformInt[t_min, t_max]
     labels: np.ndarray | None  # (b,) int64 conditioning labels, or None
+    student_t: np.ndarray  # (b,) int64, the student timestep x0 was predicted at (the SRL's t)
+    seed: int  # seeds the receivers' noise for this shard (same batch, same draws)
+
+
+@dataclass
+class TeacherAnswer:
+    """The teacher's answer for one shard: the real score's x0 for the DM loss, the SRL target."""
+
+    x0: np.ndarray | None  # (b, C, H, W) the teacher's x0 at (x_t, t), with CFG; None when the DM loss is off
+    srl_target: np.ndarray | None  # (b, C, H, W) its x0 after re-noising x0 to gamma(student_t); None when the SRL is off
 
 
 @dataclass

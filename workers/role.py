@@ -19,6 +19,7 @@ class RoleWorker:
         torch.manual_seed(seed)  # fresh modules (the critic's GAN head) start the same in every run of this seed
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.seconds: dict[str, float] = {}
+        self.real_batches, self.real_batches_taken = None, 0  # real images, for roles that need them
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port, for rank 0 to host the role's rendezvous."""
@@ -41,6 +42,34 @@ class RoleWorker:
     def generator_for(self, seed: int) -> torch.Generator:
         """A torch RNG for one call: same (run seed, call seed, rank), same draws; resumable by construction."""
         return torch.Generator().manual_seed(hash((self.seed, seed, self.rank)) % (2**63))
+
+    def open_real_batches(self, real_data, batch_size: int, image_shape: tuple[int, int, int], taken: int = 0) -> None:
+        """Start `self.real_batches`: endless (images, labels) from this rank's Ray Data split, epoch after epoch.
+
+        The shuffle is seeded per (run seed, epoch, rank), so a resumed run that skips the `taken`
+        batches it already took sees the same stream as an uninterrupted one. `next_real_batch` counts.
+        """
+        if real_data is None:
+            raise ValueError(f"the {self.role} needs real data (GAN or forward-noised inputs) but got no Ray Data split")
+        self.real_batches_taken = taken
+        self.real_batches = self._stream(real_data, batch_size, image_shape, taken)
+
+    def next_real_batch(self):
+        self.real_batches_taken += 1
+        return next(self.real_batches)
+
+    def _stream(self, iterator, batch_size: int, image_shape: tuple[int, int, int], skip: int):
+        from workers.data import batch_to_arrays
+
+        taken, epoch = 0, 0
+        while True:
+            seed = hash((self.seed, epoch, self.rank)) % 2**31
+            for batch in iterator.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
+                                               local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed):
+                taken += 1
+                if taken > skip:
+                    yield batch_to_arrays(batch, image_shape)
+            epoch += 1
 
     @contextmanager
     def timed(self, name: str):

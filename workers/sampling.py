@@ -40,9 +40,25 @@ def renoise(schedule: NoiseSchedule, x0: torch.Tensor, t_next: int, generator: t
     return schedule.add_noise(x0, eps, timestep_batch(t_next, x0))
 
 
+def student_move(
+    sampler: str, schedule: NoiseSchedule, x0: torch.Tensor, x: torch.Tensor, t: int, t_next: int, first: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """From x at t, with the x0 estimate there, to the next student timestep.
+
+    lcm: fresh noise. ddim: the noise implied by (x0, x), deterministic. noise_corrected_ddim: DDIM,
+    except that the first step reuses the initial noise x_T itself (Imagine Flash's noise correction:
+    at t = T the network's noise estimate is its worst, while x_T is the exact one).
+    """
+    if sampler == "lcm":
+        return renoise(schedule, x0, t_next, generator)
+    eps = x if first and sampler == "noise_corrected_ddim" else schedule.to_eps(x0, x, timestep_batch(t, x))
+    return schedule.add_noise(x0, eps, timestep_batch(t_next, x0))
+
+
 @torch.no_grad()
 def backward_simulate(
-    x0_fn: X0Fn, schedule: NoiseSchedule, noise: torch.Tensor, timesteps: list[int], k: int, generator: torch.Generator | None = None
+    x0_fn: X0Fn, schedule: NoiseSchedule, noise: torch.Tensor, timesteps: list[int], k: int,
+    generator: torch.Generator | None = None, sampler: str = "lcm",
 ) -> torch.Tensor:
     """The student's own input at timesteps[k]: k steps of its sampler from `noise`, with no graph.
 
@@ -52,15 +68,16 @@ def backward_simulate(
     x = noise
     for i in range(k):
         x0 = x0_fn(x, timestep_batch(timesteps[i], x))
-        x = renoise(schedule, x0, timesteps[i + 1], generator)
+        x = student_move(sampler, schedule, x0, x, timesteps[i], timesteps[i + 1], i == 0, generator)
     return x.detach()
 
 
 def student_sample(
-    x0_fn: X0Fn, schedule: NoiseSchedule, noise: torch.Tensor, timesteps: list[int], generator: torch.Generator | None = None
+    x0_fn: X0Fn, schedule: NoiseSchedule, noise: torch.Tensor, timesteps: list[int],
+    generator: torch.Generator | None = None, sampler: str = "lcm",
 ) -> torch.Tensor:
-    """The few-step student sampler: x0 at each timestep, re-noised to the next; returns the last x0."""
-    x = backward_simulate(x0_fn, schedule, noise, timesteps, len(timesteps) - 1, generator)
+    """The few-step student sampler: x0 at each timestep, moved to the next; returns the last x0."""
+    x = backward_simulate(x0_fn, schedule, noise, timesteps, len(timesteps) - 1, generator, sampler)
     return x0_fn(x, timestep_batch(timesteps[-1], x))
 
 

@@ -21,9 +21,12 @@ class NoiseSchedule:
     @classmethod
     def from_scheduler_config(cls, config: dict) -> "NoiseSchedule":
         """Build from any diffusers scheduler config (DDPM, DDIM, LCM, ...): the betas are diffusers'."""
+        import inspect
+
         from diffusers import DDPMScheduler
 
-        scheduler = DDPMScheduler.from_config(dict(config))
+        known = inspect.signature(DDPMScheduler.__init__).parameters  # a student's scheduler adds its own keys
+        scheduler = DDPMScheduler.from_config({k: v for k, v in dict(config).items() if k in known})
         return cls(scheduler.alphas_cumprod.to(torch.float64), scheduler.config.prediction_type)
 
     @property

@@ -1,28 +1,52 @@
-"""The teacher role: the frozen pretrained model, answering 'what is x0?' for the DM loss (the real score)."""
+"""The teacher role: the frozen pretrained model. It answers 'what is x0?' for the DM loss (the real
+score) and makes the shifted reconstruction loss's target."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from workers.messages import GeneratedBatch, as_tensor
+from workers.imagine_flash import shifted_timesteps, srl_target
+from workers.messages import GeneratedBatch, TeacherAnswer, as_tensor
 from workers.models import Denoiser, load_model_folder
 from workers.role import RoleWorker
+
+
+@dataclass
+class TeacherSetup:
+    guidance_scale: float  # CFG in the DM loss
+    dm: bool  # answer the DM loss's x0
+    srl: bool  # make SRL targets
+    gamma_scale: float = 1.0  # gamma(t) = clip(scale * t + shift + jitter, 0, T-1)
+    gamma_shift: float = 0.0
+    gamma_jitter: int = 0
+    srl_teacher_steps: int = 1
+    srl_guidance_scale: float = 1.0
 
 
 class Teacher(RoleWorker):
     role = "teacher"
 
-    def setup(self, teacher_dir: Path, guidance_scale: float) -> None:
+    def setup(self, teacher_dir: Path, setup: TeacherSetup) -> None:
         folder = load_model_folder(teacher_dir, self.device)
         folder.unet.requires_grad_(False)
         self.denoiser = Denoiser(folder.unet, folder.schedule, folder.manifest.num_classes)
-        self.guidance_scale = guidance_scale
+        self.config = setup
 
     @torch.no_grad()
-    def x0(self, batch: GeneratedBatch) -> np.ndarray:
-        """The teacher's x0 estimate (b, C, H, W) at the batch's (x_t, t), with CFG."""
-        with self.timed("x0"):
-            labels = None if batch.labels is None else as_tensor(batch.labels).to(self.device)
-            x0 = self.denoiser.x0(as_tensor(batch.x_t).to(self.device), as_tensor(batch.t).to(self.device), labels, self.guidance_scale)
-            return x0.float().cpu().numpy()
+    def answer(self, batch: GeneratedBatch) -> TeacherAnswer:
+        """The DM loss's x0 at the batch's (x_t, t) and the SRL target of its x0, each when switched on."""
+        c, schedule = self.config, self.denoiser.schedule
+        labels = None if batch.labels is None else as_tensor(batch.labels).to(self.device)
+        x0 = srl = None
+        if c.dm:
+            with self.timed("dm_x0"):
+                x0 = self.denoiser.x0(as_tensor(batch.x_t).to(self.device), as_tensor(batch.t).to(self.device), labels, c.guidance_scale)
+                x0 = x0.float().cpu().numpy()
+        if c.srl:
+            with self.timed("srl_target"):
+                rng = self.generator_for(batch.seed)
+                gamma = shifted_timesteps(as_tensor(batch.student_t), c.gamma_scale, c.gamma_shift, c.gamma_jitter, schedule.num_train_timesteps, rng)
+                teacher_x0 = lambda x_t, t: self.denoiser.x0(x_t.to(self.device), t.to(self.device), labels, c.srl_guidance_scale).cpu()  # noqa: E731
+                srl = srl_target(teacher_x0, schedule, as_tensor(batch.x0), gamma, c.srl_teacher_steps, rng).float().numpy()
+        return TeacherAnswer(x0, srl)
