@@ -32,7 +32,7 @@ VARIANTS = {
 
 def variant_configs(config_path: Path, overrides: list[str], output: Path) -> dict[str, DistillConfig]:
     """Every variant's config, all checked before any of them starts."""
-    return {name: load_config(DistillConfig, config_path, [*overrides, *extra, f"output={output / name}"]) for name, extra in VARIANTS.items()}
+    return {name: load_config(DistillConfig, config_path, [*overrides, *extra, f"output={output / name}", f"tracking.run_name={name}"]) for name, extra in VARIANTS.items()}
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:
@@ -81,12 +81,14 @@ def run_ablation(configs: dict[str, DistillConfig], output: Path) -> list[dict]:
                 summary = json.loads(done.read_text()) if done.exists() else distill(config)
             final = summary["evaluations"][-1]
             rows.append({"variant": name, **final, "train_seconds": summary["seconds"]["total"]})
-            mlflow.log_metrics({f"{name}/{key}": final[key] for key in ("fd", "fd_mlp", "class_accuracy") if key in final})
+            log_row(name, final)
         steps = len(full.student.timesteps)
         evaluate = StudentEvaluator(read_arrays(full.data), full.eval_num, full.seed)
         for teacher_steps in (steps, 50):
             with timed(timings, f"teacher_{teacher_steps}", "ablate"):
-                rows.append({"variant": f"teacher, {teacher_steps} DDIM steps", **evaluate(full.teacher, teacher_steps)})
+                metrics = evaluate(full.teacher, teacher_steps)
+            rows.append({"variant": f"teacher, {teacher_steps} DDIM steps", **metrics})
+            log_row(f"teacher_{teacher_steps}steps", metrics)
         table = format_table(rows, first="variant")
         print(table)
         (output / "table.md").write_text(table + "\n")
@@ -95,6 +97,13 @@ def run_ablation(configs: dict[str, DistillConfig], output: Path) -> list[dict]:
         mlflow.log_artifact(str(output / "ablation.json"))
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return rows
+
+
+def log_row(name: str, metrics: dict) -> None:
+    """A table row as metrics of the ablation's MLflow run: <row>/fd, <row>/fd_mlp, <row>/class_accuracy."""
+    import mlflow
+
+    mlflow.log_metrics({f"{name}/{key}": metrics[key] for key in ("fd", "fd_mlp", "class_accuracy") if key in metrics})
 
 
 if __name__ == "__main__":

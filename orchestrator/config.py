@@ -18,6 +18,8 @@ class TrackingConfig:
     """MLflow experiment name."""
     tracking_uri: str | None = None
     """MLflow tracking URI; MLFLOW_TRACKING_URI wins; unset: an embedded SQLite store in runs/mlflow.db."""
+    run_name: str | None = None
+    """MLflow run name; unset: the method and step count, e.g. dmd2-1step."""
 
     def check(self, where: str = "") -> None:
         prefix = f"{where}." if where else ""

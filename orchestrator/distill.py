@@ -295,7 +295,7 @@ def distill(config: DistillConfig) -> dict:
     wall_start = time.perf_counter()
     # A resumed run continues its MLflow run: one run id per distillation, however often it restarts.
     # Inside a caller's run (an ablation, a sweep) the distillation is a nested run.
-    run_name = None if progress.mlflow_run_id else f"{method_name(config)}-{len(config.student.timesteps)}step"
+    run_name = None if progress.mlflow_run_id else config.tracking.run_name or f"{method_name(config)}-{len(config.student.timesteps)}step"
     with mlflow.start_run(run_id=progress.mlflow_run_id, run_name=run_name, nested=mlflow.active_run() is not None) as run:
         if progress.mlflow_run_id is None:
             mlflow.log_params(run_params(to_dict(config), uri))

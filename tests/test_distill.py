@@ -36,6 +36,7 @@ def test_tiny_distillation_end_to_end(tiny_teacher, tmp_path, mlflow_store):
     assert "generator/dm_loss" in run.data.metrics and "critic/denoising_loss" in run.data.metrics
     assert "generator/sample_std" in run.data.metrics and "teacher/dm_x0_seconds" in run.data.metrics
     assert run.data.params["dmd2.critic_updates_per_generator_update"] == "2"
+    assert run.info.run_name == "dmd2-2step"  # method and step count, unless tracking.run_name says otherwise
     assert any(a.path == "student_grid.png" for a in client.list_artifacts(run.info.run_id))
 
 

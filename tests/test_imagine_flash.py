@@ -149,3 +149,4 @@ def test_backward_distillation_inputs_have_no_graph_to_earlier_steps(sd_schedule
     a = backward_simulate(x0_fn, sd_schedule, noise, THREE_STEPS, 2, torch.Generator().manual_seed(0), sampler)
     b = backward_simulate(x0_fn, sd_schedule, noise, THREE_STEPS, 2, torch.Generator().manual_seed(1), sampler)
     assert torch.equal(a, b) == (sampler != "lcm")
+

@@ -21,7 +21,8 @@ def test_dm_plus_srl_with_forward_noised_inputs_and_a_noise_corrected_student(ti
     from workers.models import load_model_folder
 
     config = tiny_config(tiny_teacher, tmp_path / "run", "imagine_flash.srl_weight=1.0", "imagine_flash.srl_teacher_steps=2", "imagine_flash.gamma_jitter=5",
-                         "student.inputs=forward_noised", "student.sampler=noise_corrected_ddim")
+                         "student.inputs=forward_noised", "student.sampler=noise_corrected_ddim",
+                         "roles.generator.sharding.gradient_checkpointing=true")  # the switch, through DeepSpeed in an actor
     groups = start_roles(config, 1000)
     try:
         metrics = [cycle(groups, config, step, np.random.default_rng([0, step])) for step in range(2)]

@@ -71,22 +71,24 @@ def kill_role_when(marker: Path, role: str, killed: list[int], stop: threading.E
     return thread
 
 
-@pytest.mark.parametrize("role", ["teacher", "critic", "generator"])
-def test_a_killed_role_restarts_from_its_checkpoint_and_finishes_every_step(reference, tiny_teacher, tmp_path, role, monkeypatch):
+def test_each_killed_role_restarts_from_its_checkpoint_and_the_run_finishes_every_step(reference, tiny_teacher, tmp_path, monkeypatch):
+    """One run, three kills: the teacher after checkpoint 2, the critic after 3, the generator after 4."""
     from orchestrator.distill import distill
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    killed, stop = [], threading.Event()
-    watcher = kill_role_when(tmp_path / "run" / "checkpoints" / "step-000002", role, killed, stop)
+    checkpoints, stop = tmp_path / "run" / "checkpoints", threading.Event()
+    kills = {role: [] for role in ("teacher", "critic", "generator")}
+    watchers = [kill_role_when(checkpoints / f"step-{step:06d}", role, kills[role], stop) for step, role in enumerate(kills, start=2)]
     try:
-        summary = distill(tiny_config(tiny_teacher, tmp_path / "run", *RUN))
+        summary = distill(tiny_config(tiny_teacher, tmp_path / "run", *RUN, "checkpoint_every=1"))
     finally:
         stop.set()
-        watcher.join()
-    assert killed, f"no ray::{role.capitalize()} process was found to kill"
+        for watcher in watchers:
+            watcher.join()
+    assert all(kills.values()), f"not every role's process was found to kill: {kills}"
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert written["restarts"] == 1
+    assert written["restarts"] == 3
     assert written["generator_steps"] == written["target_generator_steps"] == STEPS
     # The loss curve of the interrupted run is the uninterrupted one's.
     got, want = curves(store, summary["mlflow_run_id"]), reference[3]

@@ -42,6 +42,8 @@ class ShardingConfig:
     """ZeRO stage 0-3: 0 replicates; 1 shards optimizer state; 2 also gradients; 3 also parameters."""
     bf16: bool = False
     """bf16 mixed precision (DMD2 used bf16; fp16 diverged). fp32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute the UNet's activations in the backward pass: less memory, about a third more compute."""
 
     def check(self, where: str) -> None:
         from workers.errors import ConfigError
@@ -73,10 +75,22 @@ def wrap(model: torch.nn.Module, optimizer: OptimizerConfig, sharding: ShardingC
     """A DeepSpeed engine around an already built model, with torch's AdamW (no op to compile)."""
     import deepspeed
 
+    if sharding.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     adamw = torch.optim.AdamW(params, lr=optimizer.learning_rate, betas=optimizer.betas, weight_decay=optimizer.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=adamw, config=deepspeed_config(optimizer, sharding, micro_batch))
     return engine
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
+    """Switch on diffusers' gradient checkpointing in every diffusers model inside `model`; returns how many."""
+    from diffusers import ModelMixin
+
+    models = [m for m in model.modules() if isinstance(m, ModelMixin) and m._supports_gradient_checkpointing]
+    for m in models:
+        m.enable_gradient_checkpointing()
+    return len(models)
 
 
 class NonFiniteStateError(RuntimeError):
