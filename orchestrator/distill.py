@@ -124,7 +124,8 @@ def role_setups(config: DistillConfig, num_train_timesteps: int):
         guidance_scale=d.guidance_scale, dm=d.dm_weight > 0, srl=srl.srl_weight > 0, gamma_scale=srl.gamma_scale, gamma_shift=srl.gamma_shift,
         gamma_jitter=srl.gamma_jitter, srl_teacher_steps=srl.srl_teacher_steps, srl_guidance_scale=srl.srl_guidance_scale,
     )
-    critic_setup = CriticSetup(config.batch_size // roles.critic.ranks, d.gan_discriminator_weight, d.gan_generator_weight, roles.critic.optimizer, roles.critic.sharding)
+    critic_setup = CriticSetup(config.batch_size // roles.critic.ranks, d.gan_discriminator_weight, d.gan_generator_weight, roles.critic.optimizer, roles.critic.sharding,
+                               dm_loss=d.dm_weight > 0)
     generator_setup = GeneratorSetup(
         timesteps=list(student.timesteps), inputs=student.inputs, sampler=student.sampler, micro_batch=config.batch_size // roles.generator.ranks,
         dm_t_min=int(d.dm_t_min * num_train_timesteps), dm_t_max=min(int(d.dm_t_max * num_train_timesteps), num_train_timesteps - 1),

@@ -23,6 +23,7 @@ class CriticSetup:
     generator_gan_weight: float  # > 0: the critic runs its GAN head and needs real data
     optimizer: OptimizerConfig
     sharding: ShardingConfig
+    dm_loss: bool = True  # the generator uses the fake score's x0 (off: only the GAN gradient is sent)
 
 
 class CriticModel(nn.Module):
@@ -54,7 +55,6 @@ class Critic(RoleWorker):
         self.model = CriticModel(folder.unet.train().requires_grad_(True), folder.manifest.num_classes, folder.schedule)
         self.engine = wrap(self.model, setup.optimizer, setup.sharding, setup.micro_batch)
         self.shape = tuple(self.model.unet.config[k] for k in ("in_channels", "sample_size", "sample_size"))
-        self.real_data = real_data
         if setup.generator_gan_weight > 0:
             self.open_real_batches(real_data, setup.micro_batch, self.shape)
 
@@ -81,16 +81,18 @@ class Critic(RoleWorker):
         """The critic's x0 at (x_t, t) and the generator's GAN-loss gradient wrt x0; its weights untouched."""
         with self.timed("feedback"):
             labels = None if batch.labels is None else as_tensor(batch.labels)
-            x_t, t = as_tensor(batch.x_t), as_tensor(batch.t)
-            with torch.no_grad():
-                x0_critic = self.schedule.to_x0(self.model(x_t, t, labels), x_t, t)
+            x0_critic = None
+            if self.config.dm_loss:  # one UNet pass per generator update that a run without DM loss skips
+                x_t, t = as_tensor(batch.x_t), as_tensor(batch.t)
+                with torch.no_grad():
+                    x0_critic = self.schedule.to_x0(self.model(x_t, t, labels), x_t, t).float().numpy()
             if self.real_batches is None:
-                return CriticFeedback(x0_critic.float().numpy(), None, 0.0)
+                return CriticFeedback(x0_critic, None, 0.0)
             x0 = as_tensor(batch.x0).requires_grad_(True)
             gan_loss = generator_gan_loss(self.model.logits(x0, labels, self.generator_for(batch.seed)))
             # Gradient of the per-sample sum, wrt x0 only (no parameter gradients): the generator divides by its batch.
             (gan_grad,) = torch.autograd.grad(gan_loss * x0.shape[0], [x0])
-            return CriticFeedback(x0_critic.float().numpy(), gan_grad.float().numpy(), gan_loss.item())
+            return CriticFeedback(x0_critic, gan_grad.float().numpy(), gan_loss.item())
 
     def save(self, directory: Path) -> None:
         save_engine(self.engine, self.model, Path(directory), self.rank, {"real_batches_taken": self.real_batches_taken})
@@ -98,5 +100,4 @@ class Critic(RoleWorker):
     def load(self, directory: Path) -> None:
         """Restore weights and optimizer, and fast-forward the real-data stream (right after setup)."""
         extra = load_engine(self.engine, self.model, Path(directory), self.rank)
-        if self.real_batches is not None:
-            self.open_real_batches(self.real_data, self.config.micro_batch, self.shape, int(extra.get("real_batches_taken", 0)))
+        self.restart_real_batches(int(extra.get("real_batches_taken", 0)))

@@ -45,7 +45,6 @@ class Generator(RoleWorker):
         self.denoiser = Denoiser(self.engine, folder.schedule, folder.manifest.num_classes)
         self.shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
         self.pending: torch.Tensor | None = None  # x0 with its graph, awaiting `update`
-        self.real_data = real_data
         if setup.inputs == "forward_noised":
             self.open_real_batches(real_data, setup.micro_batch, self.shape)
 
@@ -121,8 +120,7 @@ class Generator(RoleWorker):
     def load(self, directory: Path) -> None:
         """Restore weights and optimizer, and fast-forward the real-data stream (right after setup)."""
         extra = load_engine(self.engine, self.unet, Path(directory), self.rank)
-        if self.real_batches is not None:
-            self.open_real_batches(self.real_data, self.config.micro_batch, self.shape, int(extra.get("real_batches_taken", 0)))
+        self.restart_real_batches(int(extra.get("real_batches_taken", 0)))
 
 
 def split_batch(batch: GeneratedBatch, shards: int) -> list[GeneratedBatch]:

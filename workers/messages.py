@@ -40,7 +40,7 @@ class TeacherAnswer:
 class CriticFeedback:
     """The critic's answer for one shard, computed without touching its own weights."""
 
-    x0: np.ndarray  # (b, C, H, W) the critic's (fake score's) x0 estimate at (x_t, t)
+    x0: np.ndarray | None  # (b, C, H, W) the critic's (fake score's) x0 estimate at (x_t, t); None when the DM loss is off
     gan_grad: np.ndarray | None  # (b, C, H, W) d(sum of generator GAN losses)/d x0, or None without GAN
     gan_loss: float  # mean generator GAN loss of the shard (0 without GAN)
 

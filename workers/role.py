@@ -43,16 +43,22 @@ class RoleWorker:
         """A torch RNG for one call: same (run seed, call seed, rank), same draws; resumable by construction."""
         return torch.Generator().manual_seed(hash((self.seed, seed, self.rank)) % (2**63))
 
-    def open_real_batches(self, real_data, batch_size: int, image_shape: tuple[int, int, int], taken: int = 0) -> None:
+    def open_real_batches(self, real_data, batch_size: int, image_shape: tuple[int, int, int]) -> None:
         """Start `self.real_batches`: endless (images, labels) from this rank's Ray Data split, epoch after epoch.
 
-        The shuffle is seeded per (run seed, epoch, rank), so a resumed run that skips the `taken`
-        batches it already took sees the same stream as an uninterrupted one. `next_real_batch` counts.
+        The shuffle is seeded per (run seed, epoch, rank), so a resumed run that skips the batches it
+        already took (`restart_real_batches`) sees the same stream as an uninterrupted one.
         """
         if real_data is None:
             raise ValueError(f"the {self.role} needs real data (GAN or forward-noised inputs) but got no Ray Data split")
-        self.real_batches_taken = taken
-        self.real_batches = self._stream(real_data, batch_size, image_shape, taken)
+        self._real_source = (real_data, batch_size, image_shape)
+        self.real_batches = self._stream(real_data, batch_size, image_shape, 0)
+
+    def restart_real_batches(self, taken: int) -> None:
+        """Fast-forward the real-data stream past `taken` batches (after a checkpoint load); no-op without real data."""
+        if self.real_batches is not None:
+            self.real_batches_taken = taken
+            self.real_batches = self._stream(*self._real_source, taken)
 
     def next_real_batch(self):
         self.real_batches_taken += 1
