@@ -99,8 +99,6 @@ class RoleConfig:
         require(self.gpus_per_rank >= 0, f"{where}.gpus_per_rank", f"{self.gpus_per_rank} must not be negative")
         require(self.threads_per_rank >= 1, f"{where}.threads_per_rank", f"{self.threads_per_rank} must be at least 1")
         require(self.node_resource is None or self.node_resource.strip() != "", f"{where}.node_resource", "is empty; name a custom resource (e.g. train_gpu) or leave it unset")
-        require(self.sharding.zero_stage <= 2, f"{where}.sharding.zero_stage",
-                f"{self.sharding.zero_stage}: roles save and export full weights from rank 0, so use ZeRO stage 0-2 in this version")
 
 
 @dataclass
@@ -266,4 +264,5 @@ class DistillConfig:
         d, srl = self.dmd2, self.imagine_flash
         require(d.dm_weight > 0 or d.gan_generator_weight > 0 or srl.srl_weight > 0, "dmd2.dm_weight",
                 "dmd2.dm_weight, dmd2.gan_generator_weight and imagine_flash.srl_weight are all 0: the generator would learn nothing; turn one on")
-        require(self.roles.teacher.sharding.zero_stage == 0, "roles.teacher.sharding.zero_stage", "the frozen teacher is replicated in this version; set 0")
+        require(self.roles.teacher.sharding.zero_stage in (0, 3), "roles.teacher.sharding.zero_stage",
+                f"{self.roles.teacher.sharding.zero_stage}: the frozen teacher has no optimizer state or gradients to shard; use 0 (replicated) or 3 (parameters sharded)")

@@ -123,6 +123,7 @@ def role_setups(config: DistillConfig, num_train_timesteps: int):
     teacher_setup = TeacherSetup(
         guidance_scale=d.guidance_scale, dm=d.dm_weight > 0, srl=srl.srl_weight > 0, gamma_scale=srl.gamma_scale, gamma_shift=srl.gamma_shift,
         gamma_jitter=srl.gamma_jitter, srl_teacher_steps=srl.srl_teacher_steps, srl_guidance_scale=srl.srl_guidance_scale,
+        sharding=roles.teacher.sharding,
     )
     critic_setup = CriticSetup(config.batch_size // roles.critic.ranks, d.gan_discriminator_weight, d.gan_generator_weight, roles.critic.optimizer, roles.critic.sharding,
                                dm_loss=d.dm_weight > 0)
@@ -305,7 +306,7 @@ def distill(config: DistillConfig) -> dict:
         print(f"distill: MLflow run {run.info.run_id} at {redact(uri)}", flush=True)
 
         def export(groups: Roles, path: Path) -> Path:
-            return export_student(ray.get(groups.generator.actors[0].state.remote(), timeout=timeout), teacher, config.student, path, method_name(config))
+            return export_student(ray.get(groups.generator.call_async("state"), timeout=timeout)[0], teacher, config.student, path, method_name(config))
 
         def on_log(groups: Roles, step: int, metrics: dict, p: Progress) -> None:
             rate = step / max(p.seconds, 1e-9)
@@ -332,6 +333,7 @@ def distill(config: DistillConfig) -> dict:
         hooks = Hooks(on_log, on_eval, on_checkpoint, on_start)
         groups, progress = run_with_recovery(config, teacher.schedule.num_train_timesteps, checkpoints, progress, resume_from, hooks)
         student = export(groups, output / "student")
+        placement = {group.name: group.node_ids for group in groups.all()}
         groups.shutdown()
         final = evaluator(student)
         progress.evaluations.append({"step": progress.generator_steps, **final})
@@ -348,6 +350,7 @@ def distill(config: DistillConfig) -> dict:
             "skipped_cycles": progress.skipped_cycles,
             "resumed_from": str(resume_from) if resume_from else None,
             "student_timesteps": list(config.student.timesteps),
+            "placement": placement,
             "seconds": {"setup": setup_seconds[0], "schedule": progress.seconds, "total": time.perf_counter() - wall_start},
             "final_metrics": progress.metrics,
             "evaluations": progress.evaluations,

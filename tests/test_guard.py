@@ -5,19 +5,12 @@ import pytest
 
 def guard_case(zero_stage: int, case: str) -> dict:
     """Wrap a tiny model in a one-rank DeepSpeed world, take one guarded step, report what changed."""
-    import os
-    import socket
-
-    import deepspeed
     import torch
 
+    from tests.run_helpers import one_rank_world
     from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, wrap
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    one_rank_world()
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 4)
     engine = wrap(model, OptimizerConfig(learning_rate=0.1), ShardingConfig(zero_stage=zero_stage), micro_batch=2)

@@ -1,5 +1,6 @@
 """DeepSpeed applied after a model is built: one config builder, one wrap function for every role."""
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,42 @@ def wrap(model: torch.nn.Module, optimizer: OptimizerConfig, sharding: ShardingC
     return engine
 
 
+def wrap_frozen(model: torch.nn.Module, sharding: ShardingConfig):
+    """The frozen teacher: as it is (replicated), or ZeRO-3-sharded across its role's ranks for inference.
+
+    Sharded, every forward all-gathers the parameters it needs, so the ranks must run the same
+    forwards in the same order: the orchestrator gives each teacher rank the same number of shards.
+    """
+    model.requires_grad_(False)
+    if sharding.zero_stage != 3:
+        return model
+    import deepspeed
+
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "bf16": {"enabled": sharding.bf16}}
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    return engine.module
+
+
+def full_parameters(model: torch.nn.Module, modifier_rank: int | None = None):
+    """Every parameter whole on every rank inside the block: a no-op below ZeRO-3.
+
+    Collective under ZeRO-3 (every rank of the role must enter). With `modifier_rank`, what that
+    rank writes into the parameters is kept and re-partitioned on exit.
+    """
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]  # ZeRO-3 marks the params it partitions
+    if not params:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's full weights on CPU, on every rank (ZeRO-3 gathers them first: collective)."""
+    with full_parameters(model):
+        return {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
     """Switch on diffusers' gradient checkpointing in every diffusers model inside `model`; returns how many."""
     from diffusers import ModelMixin
@@ -133,12 +170,12 @@ def step_metrics(engine, role: str, stepped: bool) -> dict[str, float]:
 
 
 def save_engine(engine, model: torch.nn.Module, directory: Path, rank: int, extra: dict | None = None) -> None:
-    """Weights (rank 0) and this rank's optimizer and LR-scheduler state (+ `extra`), as safetensors."""
+    """Weights (rank 0; collective under ZeRO-3) and this rank's optimizer and LR-scheduler state (+ `extra`), as safetensors."""
     from safetensors.torch import save_file
 
     from workers.state_files import save_tree
 
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights = full_state_dict(model)
     bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise NonFiniteStateError(f"{len(bad)} weight tensors hold NaN/inf (first: {bad[0]}); refusing to checkpoint a corrupted state")
@@ -146,7 +183,7 @@ def save_engine(engine, model: torch.nn.Module, directory: Path, rank: int, extr
     if rank == 0:
         save_file(weights, str(directory / "model.safetensors"))
     scheduler = engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None
-    save_tree({"optimizer": engine.optimizer.state_dict(), "lr_scheduler": scheduler, "extra": extra or {}}, directory / f"optimizer-rank{rank}")
+    save_tree({"optimizer": optimizer_state(engine), "lr_scheduler": scheduler, "extra": extra or {}}, directory / f"optimizer-rank{rank}")
 
 
 def load_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> dict:
@@ -155,9 +192,34 @@ def load_engine(engine, model: torch.nn.Module, directory: Path, rank: int) -> d
 
     from workers.state_files import load_tree
 
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    with full_parameters(model, modifier_rank=0):  # under ZeRO-3 rank 0's load is re-partitioned to all
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
     state = load_tree(directory / f"optimizer-rank{rank}")
-    engine.optimizer.load_state_dict(state["optimizer"])
+    restore_optimizer_state(engine, state["optimizer"])
     if engine.lr_scheduler is not None:
         engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
     return state.get("extra") or {}
+
+
+LOSS_SCALER = "loss_scaler"  # ZeRO 1-3 keep this object in their optimizer state; it is saved as its attributes
+PARAM_SLICE_MAPPINGS = "param_slice_mappings"  # ZeRO 1-2: derived from the model at start, for universal checkpoints
+
+
+def optimizer_state(engine) -> dict:
+    """This rank's optimizer state with nothing that would need pickling."""
+    state = dict(engine.optimizer.state_dict())
+    state.pop(PARAM_SLICE_MAPPINGS, None)
+    if LOSS_SCALER in state:
+        state[LOSS_SCALER] = dict(vars(state[LOSS_SCALER]))
+    return state
+
+
+def restore_optimizer_state(engine, state: dict) -> None:
+    if isinstance(state.get(LOSS_SCALER), dict):
+        scaler = engine.optimizer.loss_scaler
+        vars(scaler).update(state[LOSS_SCALER])
+        state = state | {LOSS_SCALER: scaler}
+    if engine.zero_optimization_stage() > 0:  # ZeRO takes every rank's state and picks its own by rank
+        engine.optimizer.load_state_dict([state] * engine.world_size)
+    else:
+        engine.optimizer.load_state_dict(state)

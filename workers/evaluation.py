@@ -170,7 +170,7 @@ def _apply(model: FeatureClassifier, images: np.ndarray, method: str, batch_size
     """Run `model.<method>` over numpy images in batches; returns float64 (N, D)."""
     model.eval()
     outputs = [
-        getattr(model, method)(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size], np.float32)))
+        getattr(model, method)(torch.tensor(images[i : i + batch_size], dtype=torch.float32))
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(outputs).double().numpy()

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, load_engine, save_engine, step_metrics, wrap
+from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, full_state_dict, load_engine, save_engine, step_metrics, wrap
 from workers.imagine_flash import srl_loss
 from workers.losses import dm_gradient, dm_loss, sample_timesteps, surrogate_loss
 from workers.messages import CriticFeedback, GeneratedBatch, GenerateRequest, TeacherAnswer, as_tensor
@@ -110,9 +110,10 @@ class Generator(RoleWorker):
                 "generator/lr": self.engine.get_lr()[0],
             }
 
-    def state(self) -> dict[str, torch.Tensor]:
-        """Full student weights (rank 0 of ZeRO stage 0-2 holds them all)."""
-        return {k: v.detach().cpu().clone() for k, v in self.unet.state_dict().items()}
+    def state(self) -> dict[str, torch.Tensor] | None:
+        """Full student weights from rank 0 (None from the others). Call every rank: ZeRO-3 gathers."""
+        weights = full_state_dict(self.unet)
+        return weights if self.rank == 0 else None
 
     def save(self, directory: Path) -> None:
         save_engine(self.engine, self.unet, Path(directory), self.rank, {"real_batches_taken": self.real_batches_taken})

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from workers.deepspeed_setup import ShardingConfig, wrap_frozen
 from workers.imagine_flash import shifted_timesteps, srl_target
 from workers.messages import GeneratedBatch, TeacherAnswer, as_tensor
 from workers.models import Denoiser, load_model_folder
@@ -22,6 +23,7 @@ class TeacherSetup:
     gamma_jitter: int = 0
     srl_teacher_steps: int = 1
     srl_guidance_scale: float = 1.0
+    sharding: ShardingConfig | None = None  # zero_stage 3: parameters sharded across the teacher's ranks
 
 
 class Teacher(RoleWorker):
@@ -29,8 +31,8 @@ class Teacher(RoleWorker):
 
     def setup(self, teacher_dir: Path, setup: TeacherSetup) -> None:
         folder = load_model_folder(teacher_dir, self.device)
-        folder.unet.requires_grad_(False)
-        self.denoiser = Denoiser(folder.unet, folder.schedule, folder.manifest.num_classes)
+        unet = wrap_frozen(folder.unet, setup.sharding or ShardingConfig())
+        self.denoiser = Denoiser(unet, folder.schedule, folder.manifest.num_classes)
         self.config = setup
 
     @torch.no_grad()
