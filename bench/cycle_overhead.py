@@ -25,7 +25,7 @@ def in_process_roles(config, num_train_timesteps: int):
 
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
     teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
-    teacher, critic, generator = Teacher(0, 1, 2, config.seed), Critic(0, 1, 2, config.seed), Generator(0, 1, 2, config.seed)
+    teacher, critic, generator = (role(0, 1, 2, config.seed, run=None) for role in (Teacher, Critic, Generator))
     teacher_dir = str(Path(config.teacher).resolve())
     teacher.setup(teacher_dir, teacher_setup)
     critic.setup(teacher_dir, critic_setup, real_data=None)

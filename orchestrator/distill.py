@@ -82,7 +82,7 @@ def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
     started: list[RoleGroup] = []
     try:  # a failure part-way leaves no actor or placement group behind
         for name, actor_class in (("teacher", Teacher), ("critic", Critic), ("generator", Generator)):
-            started.append(RoleGroup(name, actor_class, getattr(roles, name), config.seed, config.placement_timeout_s))
+            started.append(RoleGroup(name, actor_class, getattr(roles, name), config.seed, config.placement_timeout_s, run=Path(config.output).name))
         groups = Roles(*started)
         critic_data = real_data_splits(config.data, roles.critic.ranks) if config.dmd2.gan_generator_weight > 0 else [None] * roles.critic.ranks
         generator_data = real_data_splits(config.data, roles.generator.ranks) if config.student.inputs == "forward_noised" else [None] * roles.generator.ranks

@@ -98,7 +98,8 @@ def bundle(config: RoleConfig) -> dict[str, float]:
 
 
 class RoleGroup:
-    def __init__(self, name: str, actor_class: type, config: RoleConfig, seed: int, timeout_s: float = 60.0):
+    def __init__(self, name: str, actor_class: type, config: RoleConfig, seed: int, timeout_s: float = 60.0, run: str = ""):
+        """`run` tags the role's dashboard metrics (workers/role_metrics.py), so runs sharing a cluster stay apart."""
         self.name, self.config = name, config
         self.placement = placement_group([bundle(config)] * config.ranks, strategy="PACK", name=f"{name}-{id(self)}")
         ready, _ = ray.wait([self.placement.ready()], timeout=timeout_s)
@@ -116,7 +117,7 @@ class RoleGroup:
                 num_gpus=config.gpus_per_rank,
                 resources={config.node_resource: RESOURCE_PER_RANK} if config.node_resource else None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
-            ).remote(rank, config.ranks, config.threads_per_rank, seed)
+            ).remote(rank, config.ranks, config.threads_per_rank, seed, run)
             for rank in range(config.ranks)
         ]
         master_addr, master_port = ray.get(self.actors[0].address.remote())

@@ -25,3 +25,24 @@ def one_rank_world() -> None:
         port = probe.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+
+
+def scrape_metrics(prefix: str, until, timeout_s: float = 60) -> dict[str, list[str]]:
+    """Sample lines of metrics named `prefix*` from every node's Prometheus endpoint, by name; polled
+    until `until(found)` holds (Ray exports every few seconds, so values lag) or the timeout passes."""
+    import time
+    import urllib.request
+
+    import ray
+
+    deadline, found = time.monotonic() + timeout_s, {}
+    while True:
+        found = {}
+        for node in (n for n in ray.nodes() if n["Alive"]):
+            url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+            for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
+                if line.startswith(prefix):
+                    found.setdefault(line.split("{")[0], []).append(line)
+        if until(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(2)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.run_helpers import CONFIGS, tiny_config
+from tests.run_helpers import CONFIGS, scrape_metrics, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +40,15 @@ def test_tiny_distillation_end_to_end(tiny_teacher, tmp_path, mlflow_store):
     assert any(a.path == "student_grid.png" for a in client.list_artifacts(run.info.run_id))
 
 
+LIVE_METRICS = {f"ray_flashdistill_{name}" for name in ("step_seconds", "images_per_second", "calls_total", "bytes_received_total")}
+
+
+def critic_updates_of(metrics: dict[str, list[str]]) -> float | None:
+    """The critic's train_step count of run "run" in scraped Prometheus lines."""
+    lines = [line for line in metrics.get("ray_flashdistill_calls_total", []) if all(tag in line for tag in ('role="critic"', 'endpoint="train_step"', 'run="run"'))]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else None
+
+
 ZERO3_RANKS = "{ranks: 2, cpus_per_rank: 0.5, threads_per_rank: 1, sharding: {zero_stage: 3}, optimizer: {learning_rate: 1.0e-4}}"
 
 
@@ -66,8 +75,14 @@ def test_checkpoint_round_trip_gives_identical_next_step(tiny_teacher, tmp_path,
         first = cycle(groups, config, 1, np.random.default_rng([0, 1]))
         progress = load_checkpoint(groups, checkpoint)
         again = cycle(groups, config, 1, np.random.default_rng([0, 1]))
+        critic_updates = 3 * config.dmd2.critic_updates_per_generator_update  # three cycles
+        live = scrape_metrics("ray_flashdistill_", lambda found: LIVE_METRICS <= found.keys() and critic_updates_of(found) == critic_updates) if not roles else None
     finally:
         groups.shutdown()
+    if live is not None:  # the dashboard's per-role metrics, read back from the node's metrics endpoint while the actors lived
+        assert LIVE_METRICS <= live.keys(), sorted(live)
+        assert critic_updates_of(live) == critic_updates, live["ray_flashdistill_calls_total"]
+        assert any('role="teacher"' in line for line in live["ray_flashdistill_bytes_received_total"])
     assert before.keys() == after.keys() and any(not np.allclose(after[k].numpy(), before[k].numpy()) for k in after), "the generator did not move"
     assert progress.generator_steps == 1
     assert first.keys() == again.keys()

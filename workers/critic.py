@@ -60,7 +60,7 @@ class Critic(RoleWorker):
 
     def train_step(self, seed: int, *fakes: GeneratedBatch) -> dict[str, float]:
         """One critic update: denoising loss on the generator's samples (+ discriminator loss on real vs fake)."""
-        with self.timed("train_step"):
+        with self.timed("train_step", images=sum(len(f.x0) for f in fakes), received=fakes):
             rng = self.generator_for(seed)
             x0 = as_tensor(np.concatenate([f.x0 for f in fakes]))  # (b, C, H, W)
             labels = None if fakes[0].labels is None else as_tensor(np.concatenate([f.labels for f in fakes]))
@@ -79,7 +79,7 @@ class Critic(RoleWorker):
 
     def feedback(self, batch: GeneratedBatch) -> CriticFeedback:
         """The critic's x0 at (x_t, t) and the generator's GAN-loss gradient wrt x0; its weights untouched."""
-        with self.timed("feedback"):
+        with self.timed("feedback", images=len(batch.x0), received=(batch,)):
             labels = None if batch.labels is None else as_tensor(batch.labels)
             x0_critic = None
             if self.config.dm_loss:  # one UNet pass per generator update that a run without DM loss skips

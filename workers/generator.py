@@ -62,7 +62,7 @@ class Generator(RoleWorker):
 
     def generate(self, request: GenerateRequest) -> GeneratedBatch | tuple[GeneratedBatch, ...]:
         """Fresh samples from noise at the student's timestep `backward_steps`, split into `shards` messages."""
-        with self.timed("generate"):
+        with self.timed("generate", images=self.config.micro_batch):
             rng = self.generator_for(request.seed)
             k, schedule = request.backward_steps, self.denoiser.schedule
             x_in, labels = self._inputs(k, rng)  # (b, C, H, W), no graph
@@ -82,7 +82,7 @@ class Generator(RoleWorker):
 
         `answers`: the teacher's TeacherAnswer per shard, then the critic's CriticFeedback per shard.
         """
-        with self.timed("update"):
+        with self.timed("update", images=0 if self.pending is None else len(self.pending), received=answers):
             teacher: list[TeacherAnswer] = list(answers[:shards])
             feedback: list[CriticFeedback] = list(answers[shards:])
             x0_fake, self.pending = self.pending, None

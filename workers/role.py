@@ -7,19 +7,22 @@ from contextlib import contextmanager
 
 import torch
 
+from workers.role_metrics import RoleMetrics
+
 
 class RoleWorker:
     """Base of the Teacher, Critic and Generator actors: one rank of one role's world."""
 
     role = "role"
 
-    def __init__(self, rank: int, world_size: int, threads: int, seed: int):
+    def __init__(self, rank: int, world_size: int, threads: int, seed: int, run: str | None = ""):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         torch.set_num_threads(threads)
         torch.manual_seed(seed)  # fresh modules (the critic's GAN head) start the same in every run of this seed
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.seconds: dict[str, float] = {}
         self.real_batches, self.real_batches_taken = None, 0  # real images, for roles that need them
+        self.metrics = None if run is None else RoleMetrics(self.role, run)  # None: no Ray (in-process benchmarks)
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port, for rank 0 to host the role's rendezvous."""
@@ -78,10 +81,15 @@ class RoleWorker:
             epoch += 1
 
     @contextmanager
-    def timed(self, name: str):
+    def timed(self, name: str, images: int = 0, received: tuple = ()):
+        """Time an endpoint's work: for `take_seconds` (MLflow) and the live dashboard metrics."""
         start = time.perf_counter()
         yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        if self.metrics is not None:
+            self.metrics.call(name, seconds, images)
+            self.metrics.received(name, *received)
 
     def take_seconds(self) -> dict[str, float]:
         """Compute seconds per endpoint since the last call (the driver's per-role step times)."""

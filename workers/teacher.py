@@ -42,11 +42,11 @@ class Teacher(RoleWorker):
         labels = None if batch.labels is None else as_tensor(batch.labels).to(self.device)
         x0 = srl = None
         if c.dm:
-            with self.timed("dm_x0"):
+            with self.timed("dm_x0", images=len(batch.x_t), received=(batch,)):
                 x0 = self.denoiser.x0(as_tensor(batch.x_t).to(self.device), as_tensor(batch.t).to(self.device), labels, c.guidance_scale)
                 x0 = x0.float().cpu().numpy()
         if c.srl:
-            with self.timed("srl_target"):
+            with self.timed("srl_target", images=len(batch.x0), received=() if c.dm else (batch,)):
                 rng = self.generator_for(batch.seed)
                 gamma = shifted_timesteps(as_tensor(batch.student_t), c.gamma_scale, c.gamma_shift, c.gamma_jitter, schedule.num_train_timesteps, rng)
                 teacher_x0 = lambda x_t, t: self.denoiser.x0(x_t.to(self.device), t.to(self.device), labels, c.srl_guidance_scale).cpu()  # noqa: E731
