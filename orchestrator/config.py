@@ -20,6 +20,8 @@ class TrackingConfig:
     """MLflow tracking URI; MLFLOW_TRACKING_URI wins; unset: an embedded SQLite store in runs/mlflow.db."""
     run_name: str | None = None
     """MLflow run name; unset: the method and step count, e.g. dmd2-1step."""
+    parent_run_id: str | None = None
+    """Nest the run under this MLflow run (a sweep sets it for its trials)."""
 
     def check(self, where: str = "") -> None:
         prefix = f"{where}." if where else ""

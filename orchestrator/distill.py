@@ -17,7 +17,7 @@ import numpy as np
 from orchestrator.config import DistillConfig
 from orchestrator.config_loading import to_dict
 from orchestrator.preflight import check_inputs, ensure_teacher, preflight
-from orchestrator.role_group import RoleGroup, assign, cluster_nodes, connect, is_role_failure, shard_count
+from orchestrator.role_group import RoleGroup, assign, cluster_nodes, connect, is_role_failure, role_bundle_offsets, shard_count
 from workers.errors import UserError
 
 
@@ -78,11 +78,23 @@ def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
     from workers.generator import Generator
     from workers.teacher import Teacher
 
+    from ray.util import get_current_placement_group
+
     roles = config.roles
+    trial = get_current_placement_group()  # inside a Tune trial: its reservation holds every role's bundles
+    offsets = role_bundle_offsets(roles)
+    if trial is not None:
+        # Ray Data's default SPREAD strategy would wait for CPUs outside the trial's reservation
+        # (measured: a sweep hung on its first read); its work goes into the trial's data bundle.
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        context = ray.data.DataContext.get_current()
+        context.scheduling_strategy = context.scheduling_strategy_large_args = PlacementGroupSchedulingStrategy(trial)
     started: list[RoleGroup] = []
     try:  # a failure part-way leaves no actor or placement group behind
         for name, actor_class in (("teacher", Teacher), ("critic", Critic), ("generator", Generator)):
-            started.append(RoleGroup(name, actor_class, getattr(roles, name), config.seed, config.placement_timeout_s, run=Path(config.output).name))
+            reserved = (trial, offsets[name]) if trial is not None else None
+            started.append(RoleGroup(name, actor_class, getattr(roles, name), config.seed, config.placement_timeout_s, run=Path(config.output).name, reserved=reserved))
         groups = Roles(*started)
         critic_data = real_data_splits(config.data, roles.critic.ranks) if config.dmd2.gan_generator_weight > 0 else [None] * roles.critic.ranks
         generator_data = real_data_splits(config.data, roles.generator.ranks) if config.student.inputs == "forward_noised" else [None] * roles.generator.ranks
@@ -259,14 +271,22 @@ def method_name(config: DistillConfig) -> str:
     return "+".join(parts) or "gan"
 
 
+def default_run_name(config: DistillConfig) -> str:
+    """The method and step count, e.g. dmd2-1step: what a run is called unless tracking.run_name says otherwise."""
+    return f"{method_name(config)}-{len(config.student.timesteps)}step"
+
+
 def role_cpus(config: DistillConfig) -> float:
     """Logical CPUs the three role groups reserve, plus one for the driver's Ray Data work."""
     roles = config.roles
     return sum(r.ranks * r.cpus_per_rank for r in (roles.teacher, roles.critic, roles.generator)) + 1
 
 
-def distill(config: DistillConfig) -> dict:
-    """Run a distillation end to end; returns the summary also written to OUTPUT/summary.json."""
+def distill(config: DistillConfig, on_evaluation=None) -> dict:
+    """Run a distillation end to end; returns the summary also written to OUTPUT/summary.json.
+
+    `on_evaluation(step, metrics)` is called after every FD evaluation, the final one included (a
+    Tune trial reports them to its scheduler)."""
     import mlflow
     import ray
 
@@ -297,8 +317,9 @@ def distill(config: DistillConfig) -> dict:
     wall_start = time.perf_counter()
     # A resumed run continues its MLflow run: one run id per distillation, however often it restarts.
     # Inside a caller's run (an ablation, a sweep) the distillation is a nested run.
-    run_name = None if progress.mlflow_run_id else config.tracking.run_name or f"{method_name(config)}-{len(config.student.timesteps)}step"
-    with mlflow.start_run(run_id=progress.mlflow_run_id, run_name=run_name, nested=mlflow.active_run() is not None) as run:
+    run_name = None if progress.mlflow_run_id else config.tracking.run_name or default_run_name(config)
+    parent = None if progress.mlflow_run_id else config.tracking.parent_run_id
+    with mlflow.start_run(run_id=progress.mlflow_run_id, run_name=run_name, nested=mlflow.active_run() is not None, parent_run_id=parent) as run:
         if progress.mlflow_run_id is None:
             mlflow.log_params(run_params(to_dict(config), uri))
         progress.mlflow_run_id = run.info.run_id
@@ -321,6 +342,8 @@ def distill(config: DistillConfig) -> dict:
             metrics = evaluator(export(groups, output / "eval" / "student"))
             p.evaluations.append({"step": step, **metrics})
             logger.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+            if on_evaluation:
+                on_evaluation(step, metrics)
 
         def on_checkpoint(groups: Roles, step: int, p: Progress) -> None:
             save_checkpoint(groups, checkpoints, p, keep=config.checkpoint_keep, timeout_s=timeout)
@@ -359,4 +382,6 @@ def distill(config: DistillConfig) -> dict:
         }
         (output / "summary.json").write_text(json.dumps(summary, indent=2))
         mlflow.log_artifact(str(output / "summary.json"))
+    if on_evaluation:  # last, once everything is written: a scheduler may stop the trial on this report
+        on_evaluation(progress.generator_steps, final)
     return summary

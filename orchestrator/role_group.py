@@ -8,7 +8,11 @@ cannot satisfy it within `timeout_s`, the error names the role and the missing r
 import math
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import (
+    PlacementGroup,
+    placement_group,
+    remove_placement_group,
+)
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from orchestrator.config import RoleConfig
@@ -76,7 +80,14 @@ def check_placement(bundles: dict[str, dict[str, float]], nodes: list[dict[str, 
 
 def is_role_failure(error: BaseException) -> bool:
     """A role actor or its node died or hung (restartable), as opposed to a bug or a config mistake."""
-    from ray.exceptions import GetTimeoutError, NodeDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
+    from ray.exceptions import (
+        GetTimeoutError,
+        NodeDiedError,
+        ObjectLostError,
+        RayActorError,
+        RayTaskError,
+        WorkerCrashedError,
+    )
 
     lost = (RayActorError, GetTimeoutError, ObjectLostError, WorkerCrashedError, NodeDiedError)
     return isinstance(error, lost) or (isinstance(error, RayTaskError) and isinstance(error.cause, lost))
@@ -98,17 +109,16 @@ def bundle(config: RoleConfig) -> dict[str, float]:
 
 
 class RoleGroup:
-    def __init__(self, name: str, actor_class: type, config: RoleConfig, seed: int, timeout_s: float = 60.0, run: str = ""):
-        """`run` tags the role's dashboard metrics (workers/role_metrics.py), so runs sharing a cluster stay apart."""
+    def __init__(self, name: str, actor_class: type, config: RoleConfig, seed: int, timeout_s: float = 60.0, run: str = "",
+                 reserved: tuple[PlacementGroup, int] | None = None):
+        """`run` tags the role's dashboard metrics (workers/role_metrics.py), so runs sharing a cluster stay apart.
+        `reserved`: (placement group, first bundle) already holding one bundle per rank (a Tune trial's);
+        else the role reserves its own placement group here."""
         self.name, self.config = name, config
-        self.placement = placement_group([bundle(config)] * config.ranks, strategy="PACK", name=f"{name}-{id(self)}")
-        ready, _ = ray.wait([self.placement.ready()], timeout=timeout_s)
-        if not ready:
-            remove_placement_group(self.placement)
-            raise PlacementError(
-                f"roles.{name}: the cluster could not place {config.ranks} rank(s) of {bundle(config)} within {timeout_s:.0f}s "
-                f"(cluster has {schedulable(ray.cluster_resources())} in all); lower roles.{name}.ranks or its resources, or add nodes that carry them"
-            )
+        if reserved is None:
+            self.placement, first_bundle, self.owns_placement = self._reserve(name, config, timeout_s), 0, True
+        else:
+            (self.placement, first_bundle), self.owns_placement = reserved, False
         remote_class = ray.remote(actor_class)
         self.actors = [
             remote_class.options(
@@ -116,13 +126,25 @@ class RoleGroup:
                 num_cpus=config.cpus_per_rank,
                 num_gpus=config.gpus_per_rank,
                 resources={config.node_resource: RESOURCE_PER_RANK} if config.node_resource else None,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=first_bundle + rank),
             ).remote(rank, config.ranks, config.threads_per_rank, seed, run)
             for rank in range(config.ranks)
         ]
         master_addr, master_port = ray.get(self.actors[0].address.remote())
         # Every rank joins at once: the rendezvous waits for all of them. Each role has its own port.
         self.node_ids = ray.get([actor.join_world.remote(master_addr, master_port) for actor in self.actors])
+
+    @staticmethod
+    def _reserve(name: str, config: RoleConfig, timeout_s: float) -> PlacementGroup:
+        placement = placement_group([bundle(config)] * config.ranks, strategy="PACK", name=f"{name}-{id(config)}")
+        ready, _ = ray.wait([placement.ready()], timeout=timeout_s)
+        if not ready:
+            remove_placement_group(placement)
+            raise PlacementError(
+                f"roles.{name}: the cluster could not place {config.ranks} rank(s) of {bundle(config)} within {timeout_s:.0f}s "
+                f"(cluster has {schedulable(ray.cluster_resources())} in all); lower roles.{name}.ranks or its resources, or add nodes that carry them"
+            )
+        return placement
 
     @property
     def ranks(self) -> int:
@@ -136,10 +158,29 @@ class RoleGroup:
         return ray.get(self.call_async(method, *args, **kwargs))
 
     def shutdown(self) -> None:
-        """Kill every rank (dead ones too) and release the placement group."""
+        """Kill every rank (dead ones too) and release the placement group if the role reserved it."""
         for actor in self.actors:
             ray.kill(actor)
-        remove_placement_group(self.placement)
+        if self.owns_placement:
+            remove_placement_group(self.placement)
+
+
+ROLES = ("teacher", "critic", "generator")
+DRIVER_BUNDLES = [{"CPU": 1.0}, {"CPU": 1.0}]
+"""A trial's driver (Tune's trainable actor takes the first bundle) and room for its Ray Data work."""
+
+
+def trial_bundles(roles) -> list[dict[str, float]]:
+    """Every bundle one distillation needs, in the order `role_bundle_offsets` indexes: the driver's, then each role's ranks."""
+    return DRIVER_BUNDLES + [bundle(getattr(roles, name)) for name in ROLES for _ in range(getattr(roles, name).ranks)]
+
+
+def role_bundle_offsets(roles) -> dict[str, int]:
+    """Index of each role's first bundle in `trial_bundles(roles)`."""
+    offsets, index = {}, len(DRIVER_BUNDLES)
+    for name in ROLES:
+        offsets[name], index = index, index + getattr(roles, name).ranks
+    return offsets
 
 
 def shard_count(*groups: RoleGroup) -> int:

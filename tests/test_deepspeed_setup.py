@@ -5,9 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.models import UNetConfig, build_unet
-
 from tests.math_helpers import one_thread  # noqa: F401  (fixture)
+from workers.models import UNetConfig, build_unet
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -32,7 +31,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def engine_round_trip(zero_stage: int, directory: str) -> dict:
     """Step, save, step; then a fresh engine loads the save and steps: the two second steps must agree."""
     from tests.run_helpers import one_rank_world
-    from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, full_state_dict, load_engine, save_engine, wrap
+    from workers.deepspeed_setup import (
+        OptimizerConfig,
+        ShardingConfig,
+        backward_and_step,
+        full_state_dict,
+        load_engine,
+        save_engine,
+        wrap,
+    )
 
     one_rank_world()
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))

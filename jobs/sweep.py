@@ -1,0 +1,43 @@
+"""A Ray Tune sweep over distillation hyperparameters, each trial a full role-group distillation.
+
+    python -m jobs.sweep --config jobs/configs/digits.yaml --num-samples 8 --output runs/sweep [--space FILE] [--set field=value ...] [--dry-run]
+
+Trials run inside their own placement groups (a bundle per role rank plus the trial's driver),
+report FD to an ASHA scheduler at every evaluation, and log nested MLflow runs under one sweep
+run. OUTPUT/results.md ranks the trials; the best student is copied to OUTPUT/best/student.
+"""
+
+import argparse
+from pathlib import Path
+
+from jobs.cli import run_main
+from orchestrator.sweep import SweepSpec, check_space, load_space
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def main(argv: list[str] | None = None) -> list[dict] | None:
+    parser = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=CONFIGS / "digits.yaml")
+    parser.add_argument("--space", type=Path, default=CONFIGS / "sweep_space.yaml", help="YAML: config path -> {choice|grid|uniform|loguniform|randint: ...}")
+    parser.add_argument("--num-samples", type=int, default=4, help="trials drawn from the space (each grid value counts once per sample)")
+    parser.add_argument("--output", type=Path, default=Path("runs/sweep"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a field in every trial")
+    parser.add_argument("--dry-run", action="store_true", help="check the config and every edge of the space, start nothing")
+    args = parser.parse_args(argv)
+    if args.num_samples < 1:
+        parser.error(f"--num-samples {args.num_samples} must be at least 1")
+    spec = SweepSpec(args.config, args.overrides, load_space(args.space), args.output, args.num_samples)
+    base = check_space(spec)
+    if args.dry_run:
+        for key, domain in spec.space.items():
+            print(f"{key}: {domain}")
+        print(f"# {args.num_samples} trial(s) of {base.generator_steps} generator steps; space and config OK (dry run: nothing started)")
+        return None
+    from orchestrator.sweep import sweep
+
+    return sweep(spec)
+
+
+if __name__ == "__main__":
+    run_main(main)
