@@ -8,6 +8,7 @@ run. OUTPUT/results.md ranks the trials; the best student is copied to OUTPUT/be
 """
 
 import argparse
+import math
 from pathlib import Path
 
 from jobs.cli import run_main
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     if args.dry_run:
         for key, domain in spec.space.items():
             print(f"{key}: {domain}")
-        print(f"# {args.num_samples} trial(s) of {base.generator_steps} generator steps; space and config OK (dry run: nothing started)")
+        grid = math.prod(len(values) for domain in spec.space.values() for kind, values in domain.items() if kind == "grid")
+        print(f"# {args.num_samples * grid} trial(s) of {base.generator_steps} generator steps; space and config OK (dry run: nothing started)")
         return None
     from orchestrator.sweep import sweep
 

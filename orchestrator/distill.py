@@ -54,6 +54,8 @@ class Progress:
     mlflow_run_id: str | None = None
     restarts: int = 0
     """Times the role groups were restarted after a failure, over the whole run."""
+    sample_means: list[float] = field(default_factory=list)
+    """The generated images' mean at every log: the stability signal, summarised by `oscillation`."""
     nonfinite_in_a_row: int = 0
     """Cycles in a row in which the numerical guard skipped an update."""
     skipped_cycles: int = 0
@@ -147,6 +149,12 @@ def role_setups(config: DistillConfig, num_train_timesteps: int):
         init_from=str(Path(config.generator_init).resolve()) if config.generator_init else None,
     )
     return teacher_setup, critic_setup, generator_setup
+
+
+def oscillation(values: list[float]) -> float | None:
+    """Standard deviation of the step-to-step changes of a logged series (0 for a steady or
+    smoothly drifting one): how much the generated mean swings between logs."""
+    return float(np.std(np.diff(values))) if len(values) > 2 else None
 
 
 def generate(groups: Roles, request) -> list:
@@ -337,6 +345,8 @@ def distill(config: DistillConfig, on_evaluation=None) -> dict:
                   f"mean {metrics.get('generator/sample_mean', 0):+.3f} std {metrics.get('generator/sample_std', 0):.3f}  "
                   f"{rate:.2f} steps/s  eta {(config.generator_steps - step) / rate:.0f}s{fd}", flush=True)
             logger.log(metrics | {"generator/steps_per_second": rate, "restarts": float(p.restarts)}, step)
+            if "generator/sample_mean" in metrics:
+                p.sample_means.append(metrics["generator/sample_mean"])
 
         def on_eval(groups: Roles, step: int, p: Progress) -> None:
             metrics = evaluator(export(groups, output / "eval" / "student"))
@@ -358,7 +368,7 @@ def distill(config: DistillConfig, on_evaluation=None) -> dict:
         student = export(groups, output / "student")
         placement = {group.name: group.node_ids for group in groups.all()}
         groups.shutdown()
-        final = evaluator(student)
+        final = evaluator(student) | {"sample_mean_oscillation": oscillation(progress.sample_means)}
         progress.evaluations.append({"step": progress.generator_steps, **final})
         logger.log({f"eval/{k}": v for k, v in final.items()}, progress.generator_steps)
         grid = save_grid(sample_from_folder(student, None, 100, config.seed).images, output / "student_grid.png")

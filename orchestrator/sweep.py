@@ -14,17 +14,21 @@ A search space is YAML mapping config paths to one domain each:
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
 from orchestrator.config import DistillConfig
 from orchestrator.config_loading import load_config
-from workers.errors import ConfigError
+from workers.errors import ConfigError, UserError
 
 DOMAINS = ("choice", "grid", "uniform", "loguniform", "randint")
-RANKED_COLUMNS = ("fd", "recall", "class_accuracy", "generator_steps")
+RANKED_COLUMNS = ("fd", "recall", "class_accuracy", "sample_mean_oscillation", "generator_steps")
+
+
+class SweepError(UserError):
+    """No trial of a sweep finished."""
 
 
 @dataclass
@@ -85,6 +89,16 @@ def check_space(spec: SweepSpec) -> DistillConfig:
     return trial_config(spec, first, spec.output / "check")
 
 
+PATH_FIELDS = ("teacher", "teacher_recipe", "data", "generator_init")
+
+
+def with_absolute_paths(spec: SweepSpec, base: DistillConfig) -> SweepSpec:
+    """Tune runs each trial in a working directory of its own: relative paths are pinned to where
+    the sweep started (measured: without this every trial failed to find jobs/configs/)."""
+    pinned = [f"{name}={Path(value).resolve()}" for name in PATH_FIELDS if (value := getattr(base, name)) is not None]
+    return replace(spec, config_path=spec.config_path.resolve(), overrides=[*spec.overrides, *pinned], output=spec.output.resolve())
+
+
 def tune_space(space: dict[str, dict]) -> dict:
     from ray import tune
 
@@ -103,7 +117,7 @@ def run_trial(params: dict, spec: SweepSpec, parent_run_id: str, tracking_uri: s
     config.tracking.run_name = f"{default_run_name(config)}-{trial_id}"
 
     def report(step: int, metrics: dict) -> None:
-        tune.report({"generator_steps": step, **{k: float(v) for k, v in metrics.items()}})
+        tune.report({"generator_steps": step, **{k: float(v) for k, v in metrics.items() if v is not None}})
 
     distill(config, on_evaluation=report)
 
@@ -135,6 +149,7 @@ def sweep(spec: SweepSpec) -> list[dict]:
     from orchestrator.tracking import tracking_uri
 
     base = check_space(spec)
+    spec = with_absolute_paths(spec, base)
     bundles = trial_bundles(base.roles)
     started_local = connect(sum(b.get("CPU", 0) for b in bundles))
     preflight(base, cluster_nodes(), fixed_cluster=started_local)
@@ -142,7 +157,7 @@ def sweep(spec: SweepSpec) -> list[dict]:
     uri = tracking_uri(base.tracking.tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(base.tracking.experiment)
-    output = spec.output.resolve()
+    output = spec.output
     output.mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(run_name=f"sweep-{output.name}") as parent:
         mlflow.log_params({"sweep.num_samples": spec.num_samples, **{f"sweep.space.{k}": json.dumps(v) for k, v in spec.space.items()}})
@@ -154,7 +169,8 @@ def sweep(spec: SweepSpec) -> list[dict]:
             tune_config=tune.TuneConfig(metric="fd", mode="min", scheduler=scheduler, num_samples=spec.num_samples),
             run_config=tune.RunConfig(name="tune", storage_path=str(output), verbose=1),
         )
-        rows = ranked_rows(tuner.fit())
+        results = tuner.fit()
+        rows = ranked_rows(results)
         table = format_rows(rows)
         (output / "results.md").write_text(table + "\n")
         (output / "results.json").write_text(json.dumps(rows, indent=2))
@@ -165,5 +181,8 @@ def sweep(spec: SweepSpec) -> list[dict]:
             shutil.copytree(output / "trials" / best["trial"] / "student", output / "best" / "student")
             mlflow.log_metric("best_fd", best["fd"])
     print(table)
+    if all(r["status"] == "error" for r in rows):
+        first = next(iter(results)).error
+        raise SweepError(f"every trial failed (first: {type(first).__name__}: {str(first).strip().splitlines()[-1][:300]}); see {output / 'tune'}")
     print(f"best student: {output / 'best' / 'student' if best else 'none (no trial finished)'}")
     return rows
