@@ -330,6 +330,7 @@ def distill(config: DistillConfig, on_evaluation=None) -> dict:
     with mlflow.start_run(run_id=progress.mlflow_run_id, run_name=run_name, nested=mlflow.active_run() is not None, parent_run_id=parent) as run:
         if progress.mlflow_run_id is None:
             mlflow.log_params(run_params(to_dict(config), uri))
+            mlflow.log_dict(to_dict(config), "config.yaml")  # the resolved config, whole, as a file to rerun from
         progress.mlflow_run_id = run.info.run_id
         logger = MetricLogger(run.info.run_id, uri)
         print(f"distill: MLflow run {run.info.run_id} at {redact(uri)}", flush=True)

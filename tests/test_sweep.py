@@ -66,6 +66,7 @@ def test_a_two_trial_sweep_of_whole_distillations_nests_their_mlflow_runs_and_ex
         assert sorted(p.name for p in (trial / "checkpoints").iterdir()) == ["step-000002"]
         assert run.info.run_name.startswith("dmd2-2step-")  # method and step count, then the trial id
         assert {"generator/dm_loss", "critic/denoising_loss", "generator/sample_std", "teacher/dm_x0_seconds", "eval/fd"} <= run.data.metrics.keys()
-        assert any(a.path == "student_grid.png" for a in client.list_artifacts(run.info.run_id))
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"student_grid.png", "config.yaml", "summary.json", "student"} <= artifacts, artifacts
         assert sample_from_folder(trial / "student", 2, 4, seed=0).network_passes == 2
     assert parent.data.metrics["best_fd"] == pytest.approx(rows[0]["fd"])
