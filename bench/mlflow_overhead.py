@@ -13,36 +13,15 @@ by logs x log_every; `--step-seconds` is the measured cycle time it is compared 
 
 import argparse
 import json
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
-
 
 # The keys a digits run logs each time (generator, critic, guard and per-role seconds).
 KEYS = [f"generator/{k}" for k in ("dm_loss", "gan_loss", "grad_norm", "lr", "sample_mean", "sample_std", "skipped_steps", "steps_per_second", "update_seconds", "generate_seconds")]
 KEYS += [f"critic/{k}" for k in ("denoising_loss", "discriminator_loss", "grad_norm", "logits_fake", "logits_real", "skipped_steps", "train_step_seconds", "feedback_seconds")]
 KEYS += ["teacher/dm_x0_seconds", "guard/skipped_cycles", "restarts"]
-
-
-def start_server(root: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            return server, uri
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError("mlflow server did not come up in 120 s")
 
 
 def main() -> None:
@@ -55,24 +34,20 @@ def main() -> None:
 
     import mlflow
 
-    from orchestrator.tracking import MetricLogger
+    from orchestrator.tracking import MetricLogger, local_server
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         root = Path(tmp)
-        server, uri = start_server(root) if args.server else (None, f"sqlite:///{root / 'mlflow.db'}")
-        try:
-            client = mlflow.MlflowClient(uri)
-            run_id = client.create_run(client.create_experiment("overhead")).info.run_id
-            logger = MetricLogger(run_id, uri)
-            start = time.perf_counter()
-            for i in range(args.logs):
-                logger.log({key: float(i) for key in KEYS}, step=i * args.log_every)
-            logger.flush()
-            seconds = time.perf_counter() - start
-            logged = len(client.get_metric_history(run_id, "generator/dm_loss"))
-        finally:
-            if server is not None:
-                server.terminate()
+        uri = stack.enter_context(local_server(root)) if args.server else f"sqlite:///{root / 'mlflow.db'}"
+        client = mlflow.MlflowClient(uri)
+        run_id = client.create_run(client.create_experiment("overhead")).info.run_id
+        logger = MetricLogger(run_id, uri)
+        start = time.perf_counter()
+        for i in range(args.logs):
+            logger.log({key: float(i) for key in KEYS}, step=i * args.log_every)
+        logger.flush()
+        seconds = time.perf_counter() - start
+        logged = len(client.get_metric_history(run_id, "generator/dm_loss"))
     per_step = seconds / (args.logs * args.log_every)
     result = {
         "store": "server" if args.server else "sqlite", "logs": args.logs, "metrics_per_log": len(KEYS), "log_every": args.log_every,

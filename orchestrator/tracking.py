@@ -7,6 +7,7 @@ buffered and sent with MLflow's asynchronous logging.
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULT_STORE = Path("runs/mlflow.db")
@@ -64,3 +65,36 @@ class MetricLogger:
             import mlflow
 
             mlflow.flush_async_logging()
+
+
+@contextmanager
+def local_server(root: Path, timeout_s: float = 120):
+    """`mlflow server` on 127.0.0.1 over a SQLite store and artifact folder in `root`; yields its URI
+    once it answers /health, and stops it on exit (tests and benchmarks; users start their own)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{Path(root) / 'server.db'}", "--artifacts-destination", str(Path(root) / "artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server on {uri} did not come up within {timeout_s:.0f} s") from None
+                time.sleep(1)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

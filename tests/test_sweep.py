@@ -2,11 +2,6 @@
 whole distillation, checked end to end (summary, checkpoints, MLflow run, exported student)."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -16,24 +11,10 @@ from tests.run_helpers import CONFIGS
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 with a SQLite store; yields its URI."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
-            time.sleep(1)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
+    from orchestrator.tracking import local_server
+
+    with local_server(tmp_path) as uri:
+        yield uri
 
 
 def test_a_two_trial_sweep_of_whole_distillations_nests_their_mlflow_runs_and_exports_the_best(tiny_teacher, tmp_path, mlflow_server, monkeypatch):
