@@ -128,8 +128,15 @@ class StudentConfig:
     """lcm: x0 re-noised with fresh noise (DMD2); ddim: deterministic DDIM; noise_corrected_ddim: DDIM whose
     first step uses the initial noise instead of the predicted one (Imagine Flash). Used in backward
     simulation and saved as the student's scheduler."""
+    lora_rank: int = 0
+    """> 0: train the generator as a LoRA of this rank on the UNet's attention projections (SD 1.5 / SDXL
+    teachers); the student is exported with the LoRA fused in, and as LoRA weights in student/lora."""
+    lora_alpha: float = 0.0
+    """The LoRA's alpha (its update is scaled by alpha / rank); 0: equal to lora_rank."""
 
     def check(self, where: str = "") -> None:
+        require(self.lora_rank >= 0, f"{where}.lora_rank", f"{self.lora_rank} must be 0 (train the whole UNet) or a LoRA rank, e.g. 8")
+        require(self.lora_alpha >= 0, f"{where}.lora_alpha", f"{self.lora_alpha} must be 0 (alpha = rank) or positive")
         ts = self.timesteps
         require(len(ts) >= 1, f"{where}.timesteps", "needs at least one timestep, e.g. [999]")
         require(all(a > b for a, b in zip(ts, ts[1:])), f"{where}.timesteps", f"{ts} must be strictly decreasing, e.g. [999, 749, 499, 249]")

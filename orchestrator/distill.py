@@ -97,7 +97,7 @@ def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
         for name, actor_class in (("teacher", Teacher), ("critic", Critic), ("generator", Generator)):
             reserved = (trial, offsets[name]) if trial is not None else None
             started.append(RoleGroup(name, actor_class, getattr(roles, name), config.seed, config.placement_timeout_s, run=Path(config.output).name, reserved=reserved))
-        groups = Roles(*started)
+        groups = Roles(*(group.join() for group in started))
         critic_data = real_data_splits(config.data, roles.critic.ranks) if config.dmd2.gan_generator_weight > 0 else [None] * roles.critic.ranks
         generator_data = real_data_splits(config.data, roles.generator.ranks) if config.student.inputs == "forward_noised" else [None] * roles.generator.ranks
         teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
@@ -133,20 +133,27 @@ def role_setups(config: DistillConfig, num_train_timesteps: int):
     from workers.generator import GeneratorSetup
     from workers.teacher import TeacherSetup
 
+    from workers.conditioning import PROMPT_TABLE
+    from workers.models import layout_of
+    from workers.pipelines import LoraSetup
+
     roles, d, srl, student = config.roles, config.dmd2, config.imagine_flash, config.student
+    # A text-to-image teacher's labels index the data set's prompts, whose embeddings every role reads from one table.
+    prompts = None if layout_of(config.teacher) == "pixels" else str((Path(config.data) / PROMPT_TABLE).resolve())
     teacher_setup = TeacherSetup(
         guidance_scale=d.guidance_scale, dm=d.dm_weight > 0, srl=srl.srl_weight > 0, gamma_scale=srl.gamma_scale, gamma_shift=srl.gamma_shift,
         gamma_jitter=srl.gamma_jitter, srl_teacher_steps=srl.srl_teacher_steps, srl_guidance_scale=srl.srl_guidance_scale,
-        sharding=roles.teacher.sharding,
+        sharding=roles.teacher.sharding, prompts=prompts,
     )
     critic_setup = CriticSetup(config.batch_size // roles.critic.ranks, d.gan_discriminator_weight, d.gan_generator_weight, roles.critic.optimizer, roles.critic.sharding,
-                               dm_loss=d.dm_weight > 0)
+                               dm_loss=d.dm_weight > 0, prompts=prompts)
     generator_setup = GeneratorSetup(
         timesteps=list(student.timesteps), inputs=student.inputs, sampler=student.sampler, micro_batch=config.batch_size // roles.generator.ranks,
         dm_t_min=int(d.dm_t_min * num_train_timesteps), dm_t_max=min(int(d.dm_t_max * num_train_timesteps), num_train_timesteps - 1),
         dm_weight=d.dm_weight, gan_weight=d.gan_generator_weight, srl_weight=srl.srl_weight,
         optimizer=roles.generator.optimizer, sharding=roles.generator.sharding,
-        init_from=str(Path(config.generator_init).resolve()) if config.generator_init else None,
+        init_from=str(Path(config.generator_init).resolve()) if config.generator_init else None, prompts=prompts,
+        lora=LoraSetup(student.lora_rank, student.lora_alpha or student.lora_rank) if student.lora_rank else None,
     )
     return teacher_setup, critic_setup, generator_setup
 
@@ -299,11 +306,8 @@ def distill(config: DistillConfig, on_evaluation=None) -> dict:
     import ray
 
     from orchestrator.checkpoint import read_progress, save_checkpoint
-    from orchestrator.student import StudentEvaluator, export_student
+    from orchestrator.student import export_student, student_evaluator
     from orchestrator.tracking import MetricLogger, redact, run_params, tracking_uri
-    from workers.data import digits_arrays, read_arrays
-    from workers.images import save_grid
-    from workers.inference import sample_from_folder
     from workers.models import load_model_folder
 
     started_local = connect(role_cpus(config))  # before the teacher may be made: one cluster sized for every role
@@ -319,8 +323,7 @@ def distill(config: DistillConfig, on_evaluation=None) -> dict:
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(config.tracking.experiment)
 
-    reference = read_arrays(config.data) if Path(config.data).exists() else digits_arrays()
-    evaluator = StudentEvaluator(reference, config.eval_num, config.seed)
+    evaluator = student_evaluator(teacher, config.data, config.eval_num, config.seed)
     timeout = config.fault_tolerance.cycle_timeout_s
     wall_start = time.perf_counter()
     # A resumed run continues its MLflow run: one run id per distillation, however often it restarts.
@@ -372,7 +375,7 @@ def distill(config: DistillConfig, on_evaluation=None) -> dict:
         final = evaluator(student) | {"sample_mean_oscillation": oscillation(progress.sample_means)}
         progress.evaluations.append({"step": progress.generator_steps, **final})
         logger.log({f"eval/{k}": v for k, v in final.items()}, progress.generator_steps)
-        grid = save_grid(sample_from_folder(student, None, 100, config.seed).images, output / "student_grid.png")
+        grid = evaluator.grid(student, output / "student_grid.png")
         logger.flush()
         mlflow.log_artifact(str(grid))
         mlflow.log_artifacts(str(student), artifact_path="student")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from orchestrator.config import DistillConfig
 from orchestrator.role_group import bundle, check_placement
+from workers.conditioning import PROMPT_TABLE, PromptTable
 from workers.errors import ConfigError, UserError
+from workers.models import layout_of
 from workers.noise_correction import MIN_ALPHA  # below it an epsilon x0 estimate amplifies errors over 1000x
 
 
@@ -57,11 +59,13 @@ def check_inputs(config: DistillConfig):
         raise ConfigError(f"teacher: {error}") from None
     if manifest.kind != "teacher":
         raise ConfigError(f"teacher: {config.teacher} holds a {manifest.kind}, not a teacher; point at a folder written by jobs.train_teacher")
+    layout = layout_of(config.teacher)
     try:
-        info = read_info(config.data) if needs_real_data(config) else None
+        info = read_info(config.data) if needs_real_data(config) or layout != "pixels" else None
     except UserError as error:
         raise ConfigError(f"data: {error}") from None
     unet_config = json.loads((Path(config.teacher) / "unet" / "config.json").read_text())
+    check_layout(config, layout, info, unet_config)
     shape = (unet_config["in_channels"], unet_config["sample_size"], unet_config["sample_size"])
     if info is not None and info.image_shape != shape:
         raise ConfigError(f"data: {config.data} holds images of shape {list(info.image_shape)}, the teacher makes {list(shape)}; use the teacher's data set")
@@ -89,6 +93,27 @@ def check_inputs(config: DistillConfig):
         raise ConfigError(f"student.sampler: noise correction needs signal at the first timestep, and the teacher's schedule has alpha={alpha:.2g} at t={first} "
                           "(zero terminal SNR); use sampler ddim or start at a lower timestep")
     return manifest, info
+
+
+def check_layout(config: DistillConfig, layout: str, info, unet_config: dict) -> None:
+    """A text-to-image teacher trains on latents with prompts and exports a diffusers pipeline; a pixel one on images."""
+    encode = f"encode it with `python -m jobs.encode_latents --teacher {config.teacher} --out DIR` and set data: DIR"
+    if layout == "pixels":
+        if info is not None and info.space != "pixels":
+            raise ConfigError(f"data: {config.data} holds latents, and {config.teacher} is a pixel-space teacher; use its image data set")
+        if config.student.lora_rank:
+            raise ConfigError(f"student.lora_rank: {config.student.lora_rank}, but LoRA export targets SD 1.5 / SDXL pipelines and {config.teacher} is a pixel-space teacher; set it to 0")
+        return
+    if info.space != "latents":
+        raise ConfigError(f"data: {config.data} holds images, and the {layout} teacher {config.teacher} trains on latents: {encode}")
+    if not (Path(config.data) / PROMPT_TABLE).is_file():
+        raise ConfigError(f"data: {config.data} has no {PROMPT_TABLE} (the prompts' text embeddings): {encode}")
+    width, expected = PromptTable(Path(config.data) / PROMPT_TABLE).embedding_shape[1], unet_config["cross_attention_dim"]
+    if width != expected:
+        raise ConfigError(f"data: the prompt table in {config.data} holds text embeddings {width} wide, and {config.teacher}'s UNet attends to {expected}: "
+                          f"it was encoded for another teacher; {encode}")
+    if config.student.sampler != "lcm":
+        raise ConfigError(f"student.sampler: {config.student.sampler}, but the exported {layout} pipeline samples with diffusers' LCMScheduler; use lcm")
 
 
 def needs_real_data(config: DistillConfig) -> bool:

@@ -130,9 +130,15 @@ class RoleGroup:
             ).remote(rank, config.ranks, config.threads_per_rank, seed, run)
             for rank in range(config.ranks)
         ]
+        self.node_ids: list[str] = []
+
+    def join(self) -> "RoleGroup":
+        """Form the role's DeepSpeed world. Separate from starting the actors, so that every role's
+        processes start (import torch, DeepSpeed, diffusers) at the same time."""
         master_addr, master_port = ray.get(self.actors[0].address.remote())
         # Every rank joins at once: the rendezvous waits for all of them. Each role has its own port.
         self.node_ids = ray.get([actor.join_world.remote(master_addr, master_port) for actor in self.actors])
+        return self
 
     @staticmethod
     def _reserve(name: str, config: RoleConfig, timeout_s: float) -> PlacementGroup:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from workers.conditioning import ClassLabels
 from workers.gan_head import GanHead, bottleneck, head_for
 from workers.losses import (
     denoising_loss,
@@ -276,7 +277,7 @@ def test_gan_head_on_bottleneck_gives_one_logit_per_sample(config, feature_shape
     g = torch.Generator().manual_seed(12)
     x_t = torch.randn((3, 1, config.sample_size, config.sample_size), generator=g)
     t, labels = torch.tensor([0, 500, 999]), torch.tensor([1, 2, 10])
-    features = bottleneck(unet, x_t, t, labels)
+    features = bottleneck(unet, x_t, t, ClassLabels(10).unet_kwargs(labels))
     assert features.shape == (3, *feature_shape)
     logits = head(features)
     assert logits.shape == (3,) and logits.isfinite().all()
@@ -298,7 +299,7 @@ def test_gan_head_logits_depend_on_the_input(config):
     head = head_for(unet)
     g = torch.Generator().manual_seed(14)
     x_t = torch.randn((4, 1, config.sample_size, config.sample_size), generator=g).requires_grad_(True)
-    logits = head(bottleneck(unet, x_t, torch.tensor([10, 400, 700, 999]), torch.tensor([0, 1, 2, 3])))
+    logits = head(bottleneck(unet, x_t, torch.tensor([10, 400, 700, 999]), {"class_labels": torch.tensor([0, 1, 2, 3])}))
     assert (logits.max() - logits.min()).item() > 1e-4, logits
     # The generator's GAN gradient has to reach the image through the encoder and the head.
     (image_grad,) = torch.autograd.grad(generator_gan_loss(logits), x_t)
@@ -319,7 +320,7 @@ def test_bottleneck_is_the_mid_block_output_of_a_full_forward(config, num_classe
     try:
         with torch.no_grad():
             unet(x_t, t, class_labels=labels)
-            features = bottleneck(unet, x_t, t, labels)
+            features = bottleneck(unet, x_t, t, ClassLabels(num_classes).unet_kwargs(labels))
     finally:
         handle.remove()
     assert len(captured) == 2  # the full forward and bottleneck() both ran the mid block

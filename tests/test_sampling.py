@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, LCMScheduler
 
+from workers.conditioning import ClassLabels
 from workers.errors import ModelFolderError
 from workers.models import (
     MANIFEST,
@@ -228,7 +229,7 @@ def test_denoiser_classifier_free_guidance_by_hand():
     torch.manual_seed(32)
     unet = build_unet(UNetConfig(), num_classes=10).double().eval()
     schedule = schedule_for()
-    denoiser = Denoiser(unet, schedule, num_classes=10)
+    denoiser = Denoiser(unet, schedule, ClassLabels(10))
     g = torch.Generator().manual_seed(33)
     x_t = torch.randn((3, 1, 8, 8), generator=g, dtype=torch.float64)
     t, labels = torch.tensor([50, 500, 999]), torch.tensor([1, 4, 9])
@@ -248,7 +249,7 @@ def test_denoiser_classifier_free_guidance_by_hand():
 def test_denoiser_without_classes_ignores_guidance():
     torch.manual_seed(34)
     unet = build_unet(UNetConfig(), num_classes=0).eval()
-    denoiser = Denoiser(unet, schedule_for(), num_classes=0)
+    denoiser = Denoiser(unet, schedule_for(), ClassLabels(0))
     x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([100, 800])
     with torch.no_grad():
         assert torch.equal(denoiser.output(x_t, t, None, guidance_scale=5.0), unet(x_t, t).sample)

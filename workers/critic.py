@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, load_engine, save_engine, step_metrics, wrap
+from workers.conditioning import ClassLabels, PromptTable
 from workers.gan_head import bottleneck, head_for
 from workers.losses import denoising_loss, discriminator_loss, generator_gan_loss, sample_timesteps
 from workers.messages import CriticFeedback, GeneratedBatch, as_tensor
@@ -24,25 +25,26 @@ class CriticSetup:
     optimizer: OptimizerConfig
     sharding: ShardingConfig
     dm_loss: bool = True  # the generator uses the fake score's x0 (off: only the GAN gradient is sent)
+    prompts: str | None = None  # the prompt table of a text-to-image teacher
 
 
 class CriticModel(nn.Module):
     """The fake-score UNet and the GAN head as one module, so one optimizer steps both."""
 
-    def __init__(self, unet, num_classes: int, schedule: NoiseSchedule):
+    def __init__(self, unet, conditioning: ClassLabels | PromptTable, schedule: NoiseSchedule):
         super().__init__()
         self.unet, self.head = unet, head_for(unet)
-        self.num_classes, self.schedule = num_classes, schedule
+        self.conditioning, self.schedule = conditioning, schedule
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """The fake score's raw output (b, C, H, W)."""
-        return self.unet(x_t, t, class_labels=labels if self.num_classes else None).sample
+        return self.unet(x_t, t, **self.conditioning.unet_kwargs(labels)).sample
 
     def logits(self, x0: torch.Tensor, labels: torch.Tensor | None, rng: torch.Generator) -> torch.Tensor:
         """GAN logits (b,): x0 noised to t ~ UniformInt[0, T), told t, through encoder, mid block and head."""
         t = sample_timesteps(x0.shape[0], 0, self.schedule.num_train_timesteps - 1, rng)
         x_t = self.schedule.add_noise(x0, torch.randn(x0.shape, generator=rng), t)
-        return self.head(bottleneck(self.unet, x_t, t, labels if self.num_classes else None))
+        return self.head(bottleneck(self.unet, x_t, t, self.conditioning.unet_kwargs(labels)))
 
 
 class Critic(RoleWorker):
@@ -52,7 +54,7 @@ class Critic(RoleWorker):
         """`real_data`: this rank's Ray Data iterator over real images (needed when the GAN is on)."""
         folder = load_model_folder(teacher_dir, self.device)  # the fake score starts as the teacher
         self.config, self.schedule = setup, folder.schedule
-        self.model = CriticModel(folder.unet.train().requires_grad_(True), folder.manifest.num_classes, folder.schedule)
+        self.model = CriticModel(folder.unet.train().requires_grad_(True), folder.conditioning(setup.prompts, self.device), folder.schedule)
         self.engine = wrap(self.model, setup.optimizer, setup.sharding, setup.micro_batch)
         self.shape = tuple(self.model.unet.config[k] for k in ("in_channels", "sample_size", "sample_size"))
         if setup.generator_gan_weight > 0:

@@ -15,6 +15,9 @@ and these schema metadata keys (values are UTF-8 bytes), identical in every shar
 - `flashdistill.num_classes`: "0" when unlabelled
 - `flashdistill.has_captions`: "true" or "false"
 - `flashdistill.class_names`: JSON list of names (optional; only when labels came with names)
+- `flashdistill.space`: "pixels" (optional; the default) or "latents": a VAE's scaled latents
+  (`jobs.encode_latents`), which are not bounded to [-1, 1]; their labels index the captions'
+  prompts (`class_names`), whose text embeddings sit beside the shards in `prompts.safetensors`.
 """
 
 import csv
@@ -40,6 +43,8 @@ KEY_SHAPE = b"flashdistill.image_shape"
 KEY_NUM_CLASSES = b"flashdistill.num_classes"
 KEY_HAS_CAPTIONS = b"flashdistill.has_captions"
 KEY_CLASS_NAMES = b"flashdistill.class_names"
+KEY_SPACE = b"flashdistill.space"
+SPACES = ("pixels", "latents")
 SHARD_GLOB = "part-*.parquet"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 RANGE_TOLERANCE = 1e-3  # float rounding in a user's own scaling; values are clipped to [-1, 1] on write
@@ -52,6 +57,7 @@ class ImageArrays:
     labels: np.ndarray | None = None  # (N,) int64 class ids, or None
     captions: list[str] | None = None  # N captions, or None
     class_names: list[str] | None = None  # name of each class id, or None
+    space: str = "pixels"  # or "latents" (not bounded to [-1, 1])
 
     @property
     def num_classes(self) -> int:
@@ -77,6 +83,7 @@ class DatasetInfo:
     has_captions: bool
     files: list[Path]  # the shards, in order
     class_names: list[str] | None = None
+    space: str = "pixels"
 
 
 # ---------------------------------------------------------------- writing
@@ -95,6 +102,10 @@ def _checked(arrays: ImageArrays) -> ImageArrays:
     if not np.isfinite(images).all():
         raise DataError("images contain NaN or infinity: fix the source images or their scaling")
     low, high = float(images.min()), float(images.max())
+    if arrays.space not in SPACES:
+        raise DataError(f"space is {arrays.space!r}: use one of {', '.join(SPACES)}")
+    if arrays.space == "latents":
+        low, high = -1.0, 1.0  # latents are unbounded: nothing to check or clip
     if low < -1 - RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
         raise DataError(f"image values span [{low:.3g}, {high:.3g}], expected [-1, 1]: scale pixels "
                         "as `x / 127.5 - 1` for 8-bit images")
@@ -115,7 +126,7 @@ def _checked(arrays: ImageArrays) -> ImageArrays:
         raise DataError(f"{len(arrays.captions)} captions for {n} images: give one caption per image")
     if low < -1 or high > 1:  # within tolerance: clip, so readers can rely on [-1, 1] exactly
         images = np.clip(images, -1.0, 1.0)
-    return ImageArrays(images, labels, arrays.captions, arrays.class_names)
+    return ImageArrays(images, labels, arrays.captions, arrays.class_names, arrays.space)
 
 
 def _metadata(arrays: ImageArrays) -> dict[bytes, bytes]:
@@ -127,6 +138,8 @@ def _metadata(arrays: ImageArrays) -> dict[bytes, bytes]:
     }
     if arrays.class_names is not None:
         meta[KEY_CLASS_NAMES] = json.dumps(arrays.class_names)
+    if arrays.space != "pixels":
+        meta[KEY_SPACE] = arrays.space
     return {key: value.encode() for key, value in meta.items()}
 
 
@@ -241,11 +254,12 @@ def _shard_info(file: Path) -> DatasetInfo:
         shape = tuple(int(size) for size in json.loads(meta[KEY_SHAPE]))
         num_classes = int(meta[KEY_NUM_CLASSES])
         names = json.loads(meta[KEY_CLASS_NAMES]) if KEY_CLASS_NAMES in meta else None
+        space = meta.get(KEY_SPACE, b"pixels").decode()
     except (ValueError, TypeError):
         raise DataError(f"shard {file} has unreadable schema metadata: {fix}") from None
-    if len(shape) != 3 or min(shape) < 1 or num_classes < 0:
+    if len(shape) != 3 or min(shape) < 1 or num_classes < 0 or space not in SPACES:
         raise DataError(f"shard {file} metadata gives image shape {list(shape)} and {num_classes} "
-                        f"classes, expected [C, H, W] and 0 or more: {fix}")
+                        f"classes in space {space!r}, expected [C, H, W], 0 or more and one of {SPACES}: {fix}")
     expected = {"image": pa.list_(pa.float32(), int(np.prod(shape))), "label": pa.int64(),
                 "caption": pa.string()}  # Arrow type equality ignores the list's field name
     for name, arrow_type in expected.items():
@@ -253,7 +267,7 @@ def _shard_info(file: Path) -> DatasetInfo:
         if got != arrow_type:
             raise DataError(f"shard {file} column '{name}' is {got}, expected {arrow_type} "
                             f"(image shape {list(shape)}): {fix}")
-    return DatasetInfo(shape, num_rows, num_classes, meta[KEY_HAS_CAPTIONS] == b"true", [file], names)
+    return DatasetInfo(shape, num_rows, num_classes, meta[KEY_HAS_CAPTIONS] == b"true", [file], names, space)
 
 
 def read_info(path: str | Path) -> DatasetInfo:
@@ -270,14 +284,14 @@ def read_info(path: str | Path) -> DatasetInfo:
     infos = [_shard_info(file) for file in files]
     first = infos[0]
     for info in infos[1:]:
-        for field in ("image_shape", "num_classes", "has_captions", "class_names"):
+        for field in ("image_shape", "num_classes", "has_captions", "class_names", "space"):
             if getattr(info, field) != getattr(first, field):
                 raise DataError(f"shards in {path} disagree on {field}: {files[0].name} has "
                                 f"{getattr(first, field)}, {info.files[0].name} has "
                                 f"{getattr(info, field)}: {PREPARE_HINT.format(path=path)}")
     num_rows = sum(info.num_rows for info in infos)
     return DatasetInfo(first.image_shape, num_rows, first.num_classes, first.has_captions,
-                       files, first.class_names)
+                       files, first.class_names, first.space)
 
 
 def _read_shard(file: Path) -> pa.Table:
@@ -308,7 +322,7 @@ def read_arrays(path: str | Path, expect_shape: tuple[int, ...] | None = None) -
         raise DataError(f"data set {path} has label {int(labels.max())} but {info.num_classes} "
                         f"classes: {fix}")
     captions = table["caption"].to_pylist() if info.has_captions else None
-    return ImageArrays(images, labels, captions, info.class_names)
+    return ImageArrays(images, labels, captions, info.class_names, info.space)
 
 
 def ray_dataset(path: str | Path) -> "ray.data.Dataset":

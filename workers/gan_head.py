@@ -11,15 +11,32 @@ import torch
 from torch import nn
 
 
-def bottleneck(unet, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """A diffusers UNet2DModel's features after its down blocks and mid block: (B, C_mid, H/2^(L-1), W/2^(L-1))."""
-    emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype))
-    if unet.class_embedding is not None:
-        emb = emb + unet.class_embedding(labels).to(dtype=unet.dtype)
+def bottleneck(unet, x_t: torch.Tensor, t: torch.Tensor, conditioning: dict) -> torch.Tensor:
+    """A diffusers UNet's features after its down blocks and mid block: (B, C_mid, H/2^(L-1), W/2^(L-1)).
+
+    `conditioning`: the UNet's keyword arguments for the labels (workers/conditioning.py), as in a
+    full forward. UNet2DModel (class labels) and UNet2DConditionModel (text, SDXL's added
+    conditioning) each follow their own forward up to the mid block.
+    """
+    if not hasattr(unet, "get_time_embed"):  # UNet2DModel
+        emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype))
+        if unet.class_embedding is not None:
+            emb = emb + unet.class_embedding(conditioning["class_labels"]).to(dtype=unet.dtype)
+        text = {}
+    else:  # UNet2DConditionModel, as in its forward
+        context, added = conditioning.get("encoder_hidden_states"), conditioning.get("added_cond_kwargs")
+        emb = unet.time_embedding(unet.get_time_embed(sample=x_t, timestep=t), None)
+        aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=context, added_cond_kwargs=added)
+        emb = emb + aug if aug is not None else emb
+        if unet.time_embed_act is not None:
+            emb = unet.time_embed_act(emb)
+        text = {"encoder_hidden_states": unet.process_encoder_hidden_states(encoder_hidden_states=context, added_cond_kwargs=added)}
     sample = unet.conv_in(x_t)
     for block in unet.down_blocks:
-        sample, _ = block(hidden_states=sample, temb=emb)
-    return unet.mid_block(sample, emb) if unet.mid_block is not None else sample
+        sample, _ = block(hidden_states=sample, temb=emb, **(text if getattr(block, "has_cross_attention", False) else {}))
+    if unet.mid_block is None:
+        return sample
+    return unet.mid_block(sample, emb, **(text if getattr(unet.mid_block, "has_cross_attention", False) else {}))
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

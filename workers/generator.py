@@ -11,6 +11,7 @@ from workers.imagine_flash import srl_loss
 from workers.losses import dm_gradient, dm_loss, sample_timesteps, surrogate_loss
 from workers.messages import CriticFeedback, GeneratedBatch, GenerateRequest, TeacherAnswer, as_tensor
 from workers.models import Denoiser, load_model_folder
+from workers.pipelines import LoraSetup
 from workers.role import RoleWorker
 from workers.sampling import backward_simulate, timestep_batch
 
@@ -29,6 +30,8 @@ class GeneratorSetup:
     optimizer: OptimizerConfig
     sharding: ShardingConfig
     init_from: str | None = None  # a student folder to start from instead of the teacher's weights
+    prompts: str | None = None  # the prompt table of a text-to-image teacher (labels index its prompts)
+    lora: LoraSetup | None = None  # train a LoRA on the student's UNet instead of all its weights
 
 
 class Generator(RoleWorker):
@@ -41,8 +44,11 @@ class Generator(RoleWorker):
         self.unet = folder.unet.train().requires_grad_(True)
         if setup.init_from:  # ... or as an earlier student of the same architecture
             self.unet.load_state_dict(load_model_folder(setup.init_from, self.device).unet.state_dict())
+        if setup.lora:  # only the adapter's parameters train (peft freezes the rest)
+            self.unet.add_adapter(setup.lora.peft_config())
         self.engine = wrap(self.unet, setup.optimizer, setup.sharding, setup.micro_batch)
-        self.denoiser = Denoiser(self.engine, folder.schedule, folder.manifest.num_classes)
+        self.conditioning = folder.conditioning(setup.prompts, self.device)
+        self.denoiser = Denoiser(self.engine, folder.schedule, self.conditioning)
         self.shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
         self.pending: torch.Tensor | None = None  # x0 with its graph, awaiting `update`
         if setup.inputs == "forward_noised":
@@ -56,7 +62,8 @@ class Generator(RoleWorker):
             images, labels = self.next_real_batch()
             labels = None if labels is None else as_tensor(labels)
             return schedule.add_noise(as_tensor(images), noise, timestep_batch(ts[k], noise)), labels
-        labels = torch.randint(0, self.manifest.num_classes, (b,), generator=rng) if self.manifest.num_classes else None
+        count = self.conditioning.count  # classes, or prompts from the data set's captions
+        labels = torch.randint(0, count, (b,), generator=rng) if count else None
         x0_fn = lambda x_t, t: self.denoiser.x0(x_t, t, labels)  # noqa: E731
         return backward_simulate(x0_fn, schedule, noise, ts, k, rng, self.config.sampler), labels
 
@@ -111,8 +118,10 @@ class Generator(RoleWorker):
             }
 
     def state(self) -> dict[str, torch.Tensor] | None:
-        """Full student weights from rank 0 (None from the others). Call every rank: ZeRO-3 gathers."""
+        """Student weights from rank 0 (None from the others): all of them, or a LoRA's only. Call every rank: ZeRO-3 gathers."""
         weights = full_state_dict(self.unet)
+        if self.config.lora:
+            weights = {k: v for k, v in weights.items() if "lora_" in k}
         return weights if self.rank == 0 else None
 
     def save(self, directory: Path) -> None:

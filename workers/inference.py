@@ -63,7 +63,7 @@ def sample_folder(folder: ModelFolder, steps: int | None, num: int, seed: int, b
     """Sample `num` images from a loaded model folder with a fixed seed; timed end to end."""
     manifest = folder.manifest
     scale = manifest.guidance_scale if guidance_scale is None else guidance_scale
-    denoiser = Denoiser(folder.unet, folder.schedule, manifest.num_classes)
+    denoiser = Denoiser(folder.unet, folder.schedule, folder.conditioning())
     config = folder.unet.config
     shape = (config.in_channels, config.sample_size, config.sample_size)
     labels = balanced_labels(num, manifest.num_classes)

@@ -1,11 +1,16 @@
 """Diffusion networks and the model folders this project saves and loads.
 
-A model folder (teacher or student) is diffusers-format plus one manifest:
+A pixel-space model folder (teacher or student) is diffusers-format plus one manifest:
 
     DIR/flashdistill.json                          ModelManifest: kind, classes, guidance, timesteps
     DIR/unet/config.json                           diffusers UNet2DModel config
     DIR/unet/diffusion_pytorch_model.safetensors   weights (safetensors only, never a pickle)
     DIR/scheduler/scheduler_config.json            the sampler's diffusers scheduler config
+
+A text-to-image model folder is a diffusers pipeline folder (`model_index.json`) in the Stable
+Diffusion 1.5 or SDXL layout, as users keep their weights; a student exported from one adds the
+same manifest. Only its UNet and scheduler are loaded here: the roles work in latent space and
+read text embeddings from a prompt table (workers/conditioning.py).
 
 Loading never unpickles: weights come from safetensors, and a folder that holds only a pickle
 (`.bin`, `.pt`, `.ckpt`) is refused before anything in it is read.
@@ -18,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from workers.conditioning import ClassLabels, PromptTable
 from workers.errors import ModelFolderError
 from workers.schedule import NoiseSchedule, guided
 
@@ -25,6 +31,8 @@ MANIFEST = "flashdistill.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PIPELINE_LAYOUTS = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
+"""diffusers pipeline class -> layout name; "pixels" is this project's own class-conditional folder."""
 
 
 @dataclass
@@ -55,10 +63,6 @@ class ModelManifest:
     timesteps: list[int] = field(default_factory=list)  # a student's inference timesteps, high to low
     method: str = ""  # how it was made, e.g. "ddpm", "dmd2"
     format_version: int = FORMAT_VERSION
-
-    @property
-    def null_label(self) -> int:
-        return self.num_classes
 
 
 def build_unet(config: UNetConfig, num_classes: int):
@@ -102,17 +106,42 @@ class ModelFolder:
     scheduler_config: dict
     manifest: ModelManifest
     path: Path
+    layout: str = "pixels"  # or a PIPELINE_LAYOUTS value
 
     @property
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule.from_scheduler_config(self.scheduler_config)
+
+    def conditioning(self, prompts: Path | None = None, device: str = "cpu") -> ClassLabels | PromptTable:
+        """What this model's labels mean: its classes, or for text-to-image layouts the prompt table `prompts`."""
+        if self.layout == "pixels":
+            return ClassLabels(self.manifest.num_classes)
+        if prompts is None:
+            raise ModelFolderError(f"{self.path} is a text-to-image ({self.layout}) model: it needs a prompt table, made by `python -m jobs.encode_latents`")
+        return PromptTable(prompts, device, self.unet.dtype)
+
+
+def layout_of(path: Path) -> str:
+    """"pixels", or the layout of a diffusers pipeline folder; an unsupported pipeline is refused."""
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return "pixels"
+    try:
+        name = json.loads(index.read_text()).get("_class_name", "")
+    except json.JSONDecodeError as error:
+        raise ModelFolderError(f"{index} is not valid JSON ({error}); re-save the pipeline with save_pretrained") from None
+    if name not in PIPELINE_LAYOUTS:
+        raise ModelFolderError(f"{path} holds a {name or 'unnamed'} pipeline; this project distills {', '.join(PIPELINE_LAYOUTS)} (SD 1.5 and SDXL layouts)")
+    return PIPELINE_LAYOUTS[name]
 
 
 def check_model_folder(path: Path) -> ModelManifest:
     """Cheap checks that `path` is a model folder this project saved; returns its manifest."""
     path = Path(path)
     if not path.is_dir():
-        raise ModelFolderError(f"model folder {path} does not exist: train a teacher first (python -m jobs.train_teacher) or fix the path")
+        raise ModelFolderError(f"model folder {path} does not exist: train a teacher first (python -m jobs.train_teacher), make a tiny SD 1.5 / SDXL one (python -m jobs.make_tiny_teacher), or fix the path")
+    if layout_of(path) != "pixels":
+        return _check_pipeline_folder(path)
     pickles = sorted(p.name for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES)
     if pickles and not (path / "unet" / WEIGHTS).is_file():
         raise ModelFolderError(
@@ -122,6 +151,10 @@ def check_model_folder(path: Path) -> ModelManifest:
     for required in (MANIFEST, "unet/config.json", f"unet/{WEIGHTS}", "scheduler/scheduler_config.json"):
         if not (path / required).is_file():
             raise ModelFolderError(f"{path} is not a model folder saved by this project: {required} is missing; point at a folder written by jobs.train_teacher or jobs.distill")
+    return _read_manifest(path)
+
+
+def _read_manifest(path: Path) -> ModelManifest:
     try:
         raw = json.loads((path / MANIFEST).read_text())
         manifest = ModelManifest(**raw)
@@ -132,12 +165,34 @@ def check_model_folder(path: Path) -> ModelManifest:
     return manifest
 
 
+def _check_pipeline_folder(path: Path) -> ModelManifest:
+    """A diffusers pipeline folder with safetensors UNet weights; a user's own folder has no manifest: a teacher."""
+    unet_dir = path / "unet"
+    if not list(unet_dir.glob("*.safetensors")):
+        pickles = sorted(p.name for p in unet_dir.glob("*") if p.suffix in PICKLE_SUFFIXES)
+        hint = f"it holds pickled weights ({', '.join(pickles)}), which can run code when loaded: convert them to safetensors on a machine you trust" if pickles else "save the pipeline with save_pretrained(safe_serialization=True)"
+        raise ModelFolderError(f"{unet_dir} has no .safetensors weights: {hint}")
+    if not (path / "scheduler" / "scheduler_config.json").is_file():
+        raise ModelFolderError(f"{path}/scheduler/scheduler_config.json is missing: save the whole pipeline with save_pretrained")
+    return _read_manifest(path) if (path / MANIFEST).is_file() else ModelManifest(kind="teacher")
+
+
 def load_model_folder(path: Path, device: str = "cpu") -> ModelFolder:
     """Load a model folder from safetensors only; nothing in the folder is unpickled or executed."""
     from diffusers import UNet2DModel
 
     path = Path(path)
     manifest = check_model_folder(path)
+    layout = layout_of(path)
+    if layout != "pixels":
+        from diffusers import UNet2DConditionModel
+
+        try:
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", use_safetensors=True)
+        except (OSError, ValueError, EnvironmentError) as error:
+            raise ModelFolderError(f"{path}/unet could not be loaded from safetensors ({str(error).splitlines()[0]}); re-save the pipeline") from None
+        scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        return ModelFolder(unet.to(device).eval(), scheduler_config, manifest, path, layout)
     config = json.loads((path / "unet" / "config.json").read_text())
     unet = UNet2DModel.from_config(config)
     try:
@@ -154,15 +209,16 @@ def load_model_folder(path: Path, device: str = "cpu") -> ModelFolder:
 class Denoiser:
     """A network plus its schedule, answering 'what is x0 at (x_t, t)?', with optional CFG."""
 
-    def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, num_classes: int):
-        self.unet, self.schedule, self.num_classes = unet, schedule, num_classes
+    def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, conditioning: ClassLabels | PromptTable):
+        self.unet, self.schedule, self.conditioning = unet, schedule, conditioning
 
     def output(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float = 1.0) -> torch.Tensor:
         """The network output (B, C, H, W); guidance_scale != 1 runs conditional and null-label halves in one batch."""
-        if guidance_scale == 1.0 or not self.num_classes:
-            return self.unet(x_t, t, class_labels=labels if self.num_classes else None).sample
-        null = torch.full_like(labels, self.num_classes)
-        both = self.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), class_labels=torch.cat([labels, null])).sample
+        conditioning = self.conditioning
+        if guidance_scale == 1.0 or not conditioning.count:
+            return self.unet(x_t, t, **conditioning.unet_kwargs(labels)).sample
+        null = torch.full_like(labels, conditioning.null_label)
+        both = self.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), **conditioning.unet_kwargs(torch.cat([labels, null]))).sample
         cond, uncond = both.chunk(2)
         return guided(uncond, cond, guidance_scale)
 

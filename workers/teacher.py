@@ -24,6 +24,7 @@ class TeacherSetup:
     srl_teacher_steps: int = 1
     srl_guidance_scale: float = 1.0
     sharding: ShardingConfig | None = None  # zero_stage 3: parameters sharded across the teacher's ranks
+    prompts: str | None = None  # the prompt table of a text-to-image teacher
 
 
 class Teacher(RoleWorker):
@@ -32,7 +33,7 @@ class Teacher(RoleWorker):
     def setup(self, teacher_dir: Path, setup: TeacherSetup) -> None:
         folder = load_model_folder(teacher_dir, self.device)
         unet = wrap_frozen(folder.unet, setup.sharding or ShardingConfig())
-        self.denoiser = Denoiser(unet, folder.schedule, folder.manifest.num_classes)
+        self.denoiser = Denoiser(unet, folder.schedule, folder.conditioning(setup.prompts, self.device))
         self.config = setup
 
     @torch.no_grad()
