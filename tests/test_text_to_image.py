@@ -107,9 +107,12 @@ def test_text_teacher_inputs_are_checked_before_any_actor_starts(tiny_pipelines,
     assert check(f"teacher={tiny_teacher / 'teacher'}", f"data={tiny_teacher / 'data'}", "student.lora_rank=4").startswith("student.lora_rank")
 
 
+BF16 = [f"roles.{role}.sharding.bf16=true" for role in ("teacher", "critic", "generator")]  # the memory plan's precision
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("layout", "lora_rank"), [("sd15", 0), ("sdxl", 4)], ids=["sd15", "sdxl-lora"])
-def test_distilled_student_is_a_pipeline_diffusers_runs_at_guidance_zero(tiny_pipelines, ray_local, tmp_path, monkeypatch, layout, lora_rank):
+@pytest.mark.parametrize(("layout", "lora_rank", "precision"), [("sd15", 0, []), ("sdxl", 4, BF16)], ids=["sd15", "sdxl-lora-bf16"])
+def test_distilled_student_is_a_pipeline_diffusers_runs_at_guidance_zero(tiny_pipelines, ray_local, tmp_path, monkeypatch, layout, lora_rank, precision):
     import mlflow
 
     from jobs import distill
@@ -118,9 +121,10 @@ def test_distilled_student_is_a_pipeline_diffusers_runs_at_guidance_zero(tiny_pi
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     teacher_dir = tiny_pipelines / f"{layout}-teacher"
     summary = distill.main(["--config", str(CONFIGS / f"{layout}_tiny.yaml"), "--output", str(tmp_path / "run"), "--set", f"teacher={teacher_dir}",
-                            "--set", f"data={tiny_pipelines / f'{layout}-latents'}", "--set", "generator_steps=4", "--set", "log_every=2",
-                            "--set", "checkpoint_every=2", "--set", "eval_num=100", "--set", f"student.lora_rank={lora_rank}"])
-    assert summary["generator_steps"] == 4 and np.isfinite(summary["evaluations"][-1]["latent_fd"])
+                            "--set", f"data={tiny_pipelines / f'{layout}-latents'}", "--set", "generator_steps=2", "--set", "log_every=1",
+                            "--set", "checkpoint_every=1", "--set", "eval_num=100", "--set", f"student.lora_rank={lora_rank}",
+                            *(arg for override in precision for arg in ("--set", override))])
+    assert summary["generator_steps"] == 2 and np.isfinite(summary["evaluations"][-1]["latent_fd"])
     assert mlflow.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
 
     student_dir = Path(summary["student"])

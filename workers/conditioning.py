@@ -35,17 +35,17 @@ class ClassLabels:
     def null_label(self) -> int:
         return self.count
 
-    def unet_kwargs(self, labels: torch.Tensor | None) -> dict:
+    def unet_kwargs(self, labels: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> dict:
         return {"class_labels": labels} if self.count else {}
 
 
 class PromptTable:
     """Prompt indices 0..count-1 for a UNet2DConditionModel, from a prompt table file (module docstring)."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, path: str | Path, device: str = "cpu"):
         from safetensors import safe_open
 
-        self.path, self.device, self.dtype = Path(path), device, dtype
+        self.path, self.device = Path(path), device
         if not self.path.is_file():
             raise DataError(f"prompt table {self.path} does not exist: encode the data set with `python -m jobs.encode_latents`")
         self._file = safe_open(str(self.path), framework="pt")
@@ -55,7 +55,7 @@ class PromptTable:
         self._embeds = self._file.get_slice("prompt_embeds")
         self.count = self._embeds.get_shape()[0] - 1  # the last row is the unconditional prompt
         self._pooled = self._file.get_slice("pooled_prompt_embeds") if "pooled_prompt_embeds" in names else None
-        self.time_ids = self._file.get_tensor("time_ids").to(device, dtype) if "time_ids" in names else None
+        self.time_ids = self._file.get_tensor("time_ids").to(device) if "time_ids" in names else None
 
     @property
     def null_label(self) -> int:
@@ -66,13 +66,14 @@ class PromptTable:
         """(L, D): tokens and width of one prompt's embedding."""
         return tuple(self._embeds.get_shape()[1:])
 
-    def _rows(self, table, labels: torch.Tensor) -> torch.Tensor:
-        return torch.cat([table[i : i + 1] for i in labels.tolist()]).to(self.device, self.dtype)
+    def _rows(self, table, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return torch.cat([table[i : i + 1] for i in labels.tolist()]).to(self.device, dtype)
 
-    def unet_kwargs(self, labels: torch.Tensor) -> dict:
-        kwargs = {"encoder_hidden_states": self._rows(self._embeds, labels)}  # (b, L, D)
+    def unet_kwargs(self, labels: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict:
+        """The UNet's conditioning for `labels` (b,), in the UNet's weight dtype."""
+        kwargs = {"encoder_hidden_states": self._rows(self._embeds, labels, dtype)}  # (b, L, D)
         if self._pooled is not None:  # SDXL's extra conditioning: pooled text (b, D2) and add_time_ids (b, 6)
-            kwargs["added_cond_kwargs"] = {"text_embeds": self._rows(self._pooled, labels), "time_ids": self.time_ids.expand(len(labels), -1)}
+            kwargs["added_cond_kwargs"] = {"text_embeds": self._rows(self._pooled, labels, dtype), "time_ids": self.time_ids.to(dtype).expand(len(labels), -1)}
         return kwargs
 
 

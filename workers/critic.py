@@ -12,7 +12,7 @@ from workers.conditioning import ClassLabels, PromptTable
 from workers.gan_head import bottleneck, head_for
 from workers.losses import denoising_loss, discriminator_loss, generator_gan_loss, sample_timesteps
 from workers.messages import CriticFeedback, GeneratedBatch, as_tensor
-from workers.models import load_model_folder
+from workers.models import load_model_folder, weight_dtype
 from workers.role import RoleWorker
 from workers.schedule import NoiseSchedule
 
@@ -37,14 +37,16 @@ class CriticModel(nn.Module):
         self.conditioning, self.schedule = conditioning, schedule
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """The fake score's raw output (b, C, H, W)."""
-        return self.unet(x_t, t, **self.conditioning.unet_kwargs(labels)).sample
+        """The fake score's raw output (b, C, H, W), in x_t's dtype."""
+        dtype = weight_dtype(self.unet)
+        return self.unet(x_t.to(dtype), t, **self.conditioning.unet_kwargs(labels, dtype)).sample.to(x_t.dtype)
 
     def logits(self, x0: torch.Tensor, labels: torch.Tensor | None, rng: torch.Generator) -> torch.Tensor:
         """GAN logits (b,): x0 noised to t ~ UniformInt[0, T), told t, through encoder, mid block and head."""
         t = sample_timesteps(x0.shape[0], 0, self.schedule.num_train_timesteps - 1, rng)
         x_t = self.schedule.add_noise(x0, torch.randn(x0.shape, generator=rng), t)
-        return self.head(bottleneck(self.unet, x_t, t, self.conditioning.unet_kwargs(labels)))
+        dtype = weight_dtype(self.unet)
+        return self.head(bottleneck(self.unet, x_t.to(dtype), t, self.conditioning.unet_kwargs(labels, dtype))).to(x0.dtype)
 
 
 class Critic(RoleWorker):

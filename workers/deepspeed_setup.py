@@ -92,7 +92,7 @@ def wrap_frozen(model: torch.nn.Module, sharding: ShardingConfig):
     """
     model.requires_grad_(False)
     if sharding.zero_stage != 3:
-        return model
+        return model.to(torch.bfloat16) if sharding.bf16 else model
     import deepspeed
 
     config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "bf16": {"enabled": sharding.bf16}}

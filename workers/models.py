@@ -118,7 +118,7 @@ class ModelFolder:
             return ClassLabels(self.manifest.num_classes)
         if prompts is None:
             raise ModelFolderError(f"{self.path} is a text-to-image ({self.layout}) model: it needs a prompt table, made by `python -m jobs.encode_latents`")
-        return PromptTable(prompts, device, self.unet.dtype)
+        return PromptTable(prompts, device)
 
 
 def layout_of(path: Path) -> str:
@@ -206,6 +206,12 @@ def load_model_folder(path: Path, device: str = "cpu") -> ModelFolder:
     return ModelFolder(unet.to(device).eval(), scheduler_config, manifest, path)
 
 
+def weight_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of a module's weights (bfloat16 under a bf16 DeepSpeed engine). Networks get their
+    inputs in it and hand back the input's dtype, so losses and messages keep theirs whatever the precision."""
+    return next(module.parameters()).dtype
+
+
 class Denoiser:
     """A network plus its schedule, answering 'what is x0 at (x_t, t)?', with optional CFG."""
 
@@ -214,11 +220,11 @@ class Denoiser:
 
     def output(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float = 1.0) -> torch.Tensor:
         """The network output (B, C, H, W); guidance_scale != 1 runs conditional and null-label halves in one batch."""
-        conditioning = self.conditioning
+        conditioning, dtype = self.conditioning, weight_dtype(self.unet)
         if guidance_scale == 1.0 or not conditioning.count:
-            return self.unet(x_t, t, **conditioning.unet_kwargs(labels)).sample
+            return self.unet(x_t.to(dtype), t, **conditioning.unet_kwargs(labels, dtype)).sample.to(x_t.dtype)
         null = torch.full_like(labels, conditioning.null_label)
-        both = self.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), **conditioning.unet_kwargs(torch.cat([labels, null]))).sample
+        both = self.unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]), **conditioning.unet_kwargs(torch.cat([labels, null]), dtype)).sample.to(x_t.dtype)
         cond, uncond = both.chunk(2)
         return guided(uncond, cond, guidance_scale)
 
