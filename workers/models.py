@@ -117,7 +117,8 @@ class ModelFolder:
         if self.layout == "pixels":
             return ClassLabels(self.manifest.num_classes)
         if prompts is None:
-            raise ModelFolderError(f"{self.path} is a text-to-image ({self.layout}) model: it needs a prompt table, made by `python -m jobs.encode_latents`")
+            raise ModelFolderError(f"{self.path} is a text-to-image ({self.layout}) pipeline: sample it with diffusers' DiffusionPipeline.from_pretrained "
+                                   "(its README.md says how); distilling it needs a prompt table from `python -m jobs.encode_latents`")
         return PromptTable(prompts, device)
 
 
