@@ -65,12 +65,12 @@ def run_ablation(configs: dict[str, DistillConfig], output: Path) -> list[dict]:
     from orchestrator.distill import distill, role_cpus
     from orchestrator.role_group import connect
     from orchestrator.student import StudentEvaluator
-    from orchestrator.tracking import tracking_uri
+    from orchestrator.tracking import use_tracking_uri
     from workers.data import read_arrays
 
     full = configs["full"]
     connect(role_cpus(full))
-    mlflow.set_tracking_uri(tracking_uri(full.tracking.tracking_uri))
+    use_tracking_uri(full.tracking.tracking_uri)
     mlflow.set_experiment(full.tracking.experiment)
     timings: dict[str, float] = {}
     rows = []

@@ -307,7 +307,7 @@ def distill(config: DistillConfig, on_evaluation=None) -> dict:
 
     from orchestrator.checkpoint import read_progress, save_checkpoint
     from orchestrator.student import export_student, student_evaluator
-    from orchestrator.tracking import MetricLogger, redact, run_params, tracking_uri
+    from orchestrator.tracking import MetricLogger, redact, run_params, use_tracking_uri
     from workers.models import load_model_folder
 
     started_local = connect(role_cpus(config))  # before the teacher may be made: one cluster sized for every role
@@ -319,8 +319,7 @@ def distill(config: DistillConfig, on_evaluation=None) -> dict:
     progress = read_progress(resume_from) if resume_from else Progress()
     output.mkdir(parents=True, exist_ok=True)
     teacher = load_model_folder(config.teacher)
-    uri = tracking_uri(config.tracking.tracking_uri)
-    mlflow.set_tracking_uri(uri)
+    uri = use_tracking_uri(config.tracking.tracking_uri)
     mlflow.set_experiment(config.tracking.experiment)
 
     evaluator = student_evaluator(teacher, config.data, config.eval_num, config.seed)

@@ -146,7 +146,7 @@ def sweep(spec: SweepSpec) -> list[dict]:
 
     from orchestrator.preflight import ensure_teacher, preflight
     from orchestrator.role_group import cluster_nodes, connect, trial_bundles
-    from orchestrator.tracking import tracking_uri
+    from orchestrator.tracking import use_tracking_uri
 
     base = check_space(spec)
     spec = with_absolute_paths(spec, base)
@@ -154,8 +154,7 @@ def sweep(spec: SweepSpec) -> list[dict]:
     started_local = connect(sum(b.get("CPU", 0) for b in bundles))
     preflight(base, cluster_nodes(), fixed_cluster=started_local)
     ensure_teacher(base)  # once here, not once per trial
-    uri = tracking_uri(base.tracking.tracking_uri)
-    mlflow.set_tracking_uri(uri)
+    uri = use_tracking_uri(base.tracking.tracking_uri)
     mlflow.set_experiment(base.tracking.experiment)
     output = spec.output
     output.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 from orchestrator.config import TeacherTrainingConfig
 from orchestrator.config_loading import to_dict
 from orchestrator.role_group import connect
-from orchestrator.tracking import redact, run_params, tracking_uri
+from orchestrator.tracking import redact, run_params, use_tracking_uri
 from workers.data import ray_dataset, read_info
 from workers.errors import ConfigError
 
@@ -26,8 +26,7 @@ def train_teacher(config: TeacherTrainingConfig) -> Path:
             f"{[config.unet.channels, config.unet.sample_size, config.unet.sample_size]}; set unet.channels and unet.sample_size to match"
         )
     config.output = config.output.resolve()
-    uri = tracking_uri(config.tracking.tracking_uri)
-    mlflow.set_tracking_uri(uri)
+    uri = use_tracking_uri(config.tracking.tracking_uri)
     mlflow.set_experiment(config.tracking.experiment)
     connect(config.num_workers * config.cpus_per_worker + 1)
     start = time.perf_counter()

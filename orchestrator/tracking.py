@@ -22,6 +22,24 @@ def tracking_uri(configured: str | None = None) -> str:
     return f"sqlite:///{DEFAULT_STORE.resolve()}"
 
 
+def use_tracking_uri(configured: str | None = None) -> str:
+    """Point MLflow at `tracking_uri(configured)` for this process and return it.
+
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI to the process environment, where
+    `tracking_uri` takes it for the user's: then the first job of a process (a teacher made on first
+    use, a demo's teacher) would decide the store of every later one, whatever their configs say.
+    The environment is put back as it was."""
+    import mlflow
+
+    uri, before = tracking_uri(configured), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+    return uri
+
+
 def redact(uri: str) -> str:
     """A tracking URI without credentials (user:password@), safe to print or log."""
     return re.sub(r"//[^/@]*@", "//***@", uri)

@@ -153,3 +153,18 @@ def test_resuming_with_other_rank_counts_is_refused(tiny_teacher, tmp_path, caps
     with pytest.raises(SystemExit):
         run_main(main, argv)
     assert "roles.critic.ranks: 1, but checkpoint" in capsys.readouterr().err
+
+
+def test_a_jobs_tracking_uri_does_not_decide_the_next_jobs_store(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a teacher made on first use then sent the
+    distillation's run to the teacher's store, whatever tracking.tracking_uri said (found in a real run)."""
+    import mlflow
+
+    from orchestrator.tracking import tracking_uri, use_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first, second = f"sqlite:///{tmp_path / 'teacher.db'}", f"sqlite:///{tmp_path / 'distill.db'}"
+    assert use_tracking_uri(first) == first and mlflow.get_tracking_uri() == first
+    assert tracking_uri(second) == second and use_tracking_uri(second) == second and mlflow.get_tracking_uri() == second
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", first)  # the user's own environment still wins
+    assert use_tracking_uri(second) == first
