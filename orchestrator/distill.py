@@ -131,11 +131,10 @@ def role_setups(config: DistillConfig, num_train_timesteps: int):
     """What the teacher, critic and generator need to know, per rank."""
     from workers.critic import CriticSetup
     from workers.generator import GeneratorSetup
-    from workers.teacher import TeacherSetup
-
     from workers.conditioning import PROMPT_TABLE
     from workers.models import layout_of
     from workers.pipelines import LoraSetup
+    from workers.teacher import TeacherSetup
 
     roles, d, srl, student = config.roles, config.dmd2, config.imagine_flash, config.student
     # A text-to-image teacher's labels index the data set's prompts, whose embeddings every role reads from one table.
@@ -153,7 +152,7 @@ def role_setups(config: DistillConfig, num_train_timesteps: int):
         dm_weight=d.dm_weight, gan_weight=d.gan_generator_weight, srl_weight=srl.srl_weight,
         optimizer=roles.generator.optimizer, sharding=roles.generator.sharding,
         init_from=str(Path(config.generator_init).resolve()) if config.generator_init else None, prompts=prompts,
-        lora=LoraSetup(student.lora_rank, student.lora_alpha or student.lora_rank) if student.lora_rank else None,
+        lora=LoraSetup.of(student.lora_rank, student.lora_alpha),
     )
     return teacher_setup, critic_setup, generator_setup
 

@@ -34,8 +34,7 @@ def export_student(weights: dict[str, torch.Tensor], teacher: ModelFolder, stude
     if teacher.layout != "pixels":
         from workers.pipelines import LoraSetup, export_pipeline
 
-        lora = LoraSetup(student.lora_rank, student.lora_alpha or student.lora_rank) if student.lora_rank else None
-        return export_pipeline(weights, teacher.path, list(student.timesteps), path, method, lora)
+        return export_pipeline(weights, teacher.path, list(student.timesteps), path, method, LoraSetup.of(student.lora_rank, student.lora_alpha))
     unet = type(teacher.unet).from_config(teacher.unet.config)
     unet.load_state_dict(weights)
     manifest = ModelManifest(kind="student", num_classes=teacher.manifest.num_classes, guidance_scale=1.0, timesteps=list(student.timesteps), method=method)

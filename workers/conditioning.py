@@ -67,7 +67,9 @@ class PromptTable:
         return tuple(self._embeds.get_shape()[1:])
 
     def _rows(self, table, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return torch.cat([table[i : i + 1] for i in labels.tolist()]).to(self.device, dtype)
+        """Rows (b, ...) for `labels`; each distinct prompt is read from the file once per call."""
+        distinct, where = labels.unique(return_inverse=True)
+        return torch.cat([table[i : i + 1] for i in distinct.tolist()])[where].to(self.device, dtype)
 
     def unet_kwargs(self, labels: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict:
         """The UNet's conditioning for `labels` (b,), in the UNet's weight dtype."""

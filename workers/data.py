@@ -101,12 +101,11 @@ def _checked(arrays: ImageArrays) -> ImageArrays:
         raise DataError(f"images have shape {images.shape}, which holds no pixels: give at least one image")
     if not np.isfinite(images).all():
         raise DataError("images contain NaN or infinity: fix the source images or their scaling")
-    low, high = float(images.min()), float(images.max())
     if arrays.space not in SPACES:
         raise DataError(f"space is {arrays.space!r}: use one of {', '.join(SPACES)}")
-    if arrays.space == "latents":
-        low, high = -1.0, 1.0  # latents are unbounded: nothing to check or clip
-    if low < -1 - RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+    low, high = float(images.min()), float(images.max())
+    bounded = arrays.space == "pixels"  # latents are unbounded: nothing to check or clip
+    if bounded and (low < -1 - RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE):
         raise DataError(f"image values span [{low:.3g}, {high:.3g}], expected [-1, 1]: scale pixels "
                         "as `x / 127.5 - 1` for 8-bit images")
     labels = arrays.labels
@@ -124,7 +123,7 @@ def _checked(arrays: ImageArrays) -> ImageArrays:
         raise DataError("class_names given without labels: give labels or drop class_names")
     if arrays.captions is not None and len(arrays.captions) != n:
         raise DataError(f"{len(arrays.captions)} captions for {n} images: give one caption per image")
-    if low < -1 or high > 1:  # within tolerance: clip, so readers can rely on [-1, 1] exactly
+    if bounded and (low < -1 or high > 1):  # within tolerance: clip, so readers can rely on [-1, 1] exactly
         images = np.clip(images, -1.0, 1.0)
     return ImageArrays(images, labels, arrays.captions, arrays.class_names, arrays.space)
 

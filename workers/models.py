@@ -96,8 +96,12 @@ def save_model_folder(out_dir: Path, unet, scheduler_config: dict, manifest: Mod
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in unet.state_dict().items()}
     save_file(state, str(out_dir / "unet" / WEIGHTS))
     (out_dir / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
-    (out_dir / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+    write_manifest(out_dir, manifest)
     return out_dir
+
+
+def write_manifest(out_dir: Path, manifest: ModelManifest) -> None:
+    (Path(out_dir) / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
 
 
 @dataclass

@@ -10,7 +10,6 @@ What happens here runs once, in a job or on the driver, never inside a role's st
 Everything is read with `use_safetensors=True`: a folder holding only pickles is refused.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from workers.conditioning import PROMPT_TABLE, write_prompt_table
 from workers.errors import ModelFolderError
-from workers.models import MANIFEST, ModelManifest, layout_of
+from workers.models import ModelManifest, layout_of, write_manifest
 
 LORA_FOLDER = "lora"  # inside an exported student: pytorch_lora_weights.safetensors
 ENCODE_BATCH = 64
@@ -32,6 +31,11 @@ class LoraSetup:
     rank: int
     alpha: float
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+    @classmethod
+    def of(cls, rank: int, alpha: float) -> "LoraSetup | None":
+        """From student.lora_rank / lora_alpha: None for rank 0 (the whole UNet trains); alpha 0 means alpha = rank."""
+        return cls(rank, alpha or rank) if rank else None
 
     def peft_config(self):
         from peft import LoraConfig
@@ -144,7 +148,7 @@ def export_pipeline(weights: dict[str, torch.Tensor], teacher: Path, timesteps: 
     pipe.scheduler = lcm_scheduler(dict(pipe.scheduler.config))
     pipe.save_pretrained(str(path), safe_serialization=True)
     manifest = ModelManifest(kind="student", guidance_scale=1.0, timesteps=list(timesteps), method=method)
-    (path / MANIFEST).write_text(json.dumps(manifest.__dict__, indent=2))
+    write_manifest(path, manifest)
     default = lcm_default_timesteps(dict(pipe.scheduler.config), len(timesteps)) == list(timesteps)
     (path / "README.md").write_text(model_card(type(pipe).__name__, timesteps, method, default, lora is not None))
     return path
