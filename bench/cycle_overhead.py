@@ -1,7 +1,7 @@
 """One TTUR cycle (N critic updates + one generator update) through the Ray role actors, against the
 same endpoint methods called in one process. Reports the ratio and where the actor time goes.
 
-    python bench/cycle_overhead.py [--teacher runs/demo/teacher] [--cycles 10] [--batch 128]
+    python bench/cycle_overhead.py [--teacher runs/demo/teacher] [--cycles 10] [--batch 128] [--set KEY=VALUE ...]
 """
 
 import argparse
@@ -14,7 +14,7 @@ import numpy as np
 
 
 def in_process_roles(config, num_train_timesteps: int):
-    """Teacher, critic and generator as plain objects in this process (one gloo world of size 1)."""
+    """Teacher, critic and generator as plain objects in this process (one gloo world of size 1), each using every core."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29631", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     import deepspeed
 
@@ -25,7 +25,7 @@ def in_process_roles(config, num_train_timesteps: int):
 
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
     teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
-    teacher, critic, generator = (role(0, 1, 2, config.seed, run=None) for role in (Teacher, Critic, Generator))
+    teacher, critic, generator = (role(0, 1, os.cpu_count() or 1, config.seed, run=None) for role in (Teacher, Critic, Generator))
     teacher_dir = str(Path(config.teacher).resolve())
     teacher.setup(teacher_dir, teacher_setup)
     critic.setup(teacher_dir, critic_setup, real_data=None)
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override digits.yaml, as in jobs.distill")
     args = parser.parse_args()
 
     import ray
@@ -58,7 +59,7 @@ def main() -> None:
     from orchestrator.role_group import connect
 
     # The GAN is off here: real-data streaming is measured with the roles, not with the cycle math.
-    config = load_config(DistillConfig, Path("jobs/configs/digits.yaml"), [f"teacher={args.teacher}", f"batch_size={args.batch}", "dmd2.gan_generator_weight=0"])
+    config = load_config(DistillConfig, Path("jobs/configs/digits.yaml"), [f"teacher={args.teacher}", f"batch_size={args.batch}", "dmd2.gan_generator_weight=0", *args.set])
     connect(4)
     groups = start_roles(config, 1000)
     cycle(groups, config, 0, np.random.default_rng(0))  # warm-up

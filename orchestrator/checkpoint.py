@@ -1,7 +1,7 @@
 """Checkpoints of every trained role plus the schedule's state, written atomically as safetensors.
 
     DIR/checkpoints/step-000100/critic/{model.safetensors, optimizer-rank*.safetensors|json}
-    DIR/checkpoints/step-000100/generator/...
+    DIR/checkpoints/step-000100/generator/...     (+ ema-rank*.safetensors with student.ema_decay)
     DIR/checkpoints/step-000100/progress.json     generator steps done, seconds, metrics, MLflow run id
     DIR/checkpoints/step-000100/manifest.json     every file above with its size, written last
 

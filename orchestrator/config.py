@@ -133,10 +133,14 @@ class StudentConfig:
     teachers); the student is exported with the LoRA fused in, and as LoRA weights in student/lora."""
     lora_alpha: float = 0.0
     """The LoRA's alpha (its update is scaled by alpha / rank); 0: equal to lora_rank."""
+    ema_decay: float = 0.0
+    """> 0: keep an exponential moving average of the generator's weights (decay per generator update);
+    the average is what is evaluated and exported. 0: the trained weights themselves (DMD2's release)."""
 
     def check(self, where: str = "") -> None:
         require(self.lora_rank >= 0, f"{where}.lora_rank", f"{self.lora_rank} must be 0 (train the whole UNet) or a LoRA rank, e.g. 8")
         require(self.lora_alpha >= 0, f"{where}.lora_alpha", f"{self.lora_alpha} must be 0 (alpha = rank) or positive")
+        require(0 <= self.ema_decay < 1, f"{where}.ema_decay", f"{self.ema_decay} must be 0 (no average) or in (0, 1), e.g. 0.95")
         ts = self.timesteps
         require(len(ts) >= 1, f"{where}.timesteps", "needs at least one timestep, e.g. [999]")
         require(all(a > b for a, b in zip(ts, ts[1:])), f"{where}.timesteps", f"{ts} must be strictly decreasing, e.g. [999, 749, 499, 249]")

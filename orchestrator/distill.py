@@ -152,7 +152,7 @@ def role_setups(config: DistillConfig, num_train_timesteps: int):
         dm_weight=d.dm_weight, gan_weight=d.gan_generator_weight, srl_weight=srl.srl_weight,
         optimizer=roles.generator.optimizer, sharding=roles.generator.sharding,
         init_from=str(Path(config.generator_init).resolve()) if config.generator_init else None, prompts=prompts,
-        lora=LoraSetup.of(student.lora_rank, student.lora_alpha),
+        lora=LoraSetup.of(student.lora_rank, student.lora_alpha), ema_decay=student.ema_decay,
     )
     return teacher_setup, critic_setup, generator_setup
 

@@ -27,6 +27,7 @@ BAD_CONFIGS = [
     (["student.inputs=noised"], "student.inputs: 'noised' is not one of backward_simulated, forward_noised"),
     (["student.sampler=euler"], "student.sampler: 'euler' is not one of lcm, ddim, noise_corrected_ddim"),
     (["student.timesteps=[999]", "student.sampler=noise_corrected_ddim"], "student.sampler: noise_corrected_ddim changes only how the student moves"),
+    (["student.ema_decay=1"], "student.ema_decay: 1.0 must be 0 (no average) or in (0, 1)"),
     (["imagine_flash.gamma_scale=0"], "imagine_flash.gamma_scale: 0.0 must be positive"),
     (["imagine_flash.srl_teacher_steps=0"], "imagine_flash.srl_teacher_steps: 0 must be 1 to 50"),
     (["imagine_flash.srl_weight=-1"], "imagine_flash.srl_weight: -1.0 must not be negative"),

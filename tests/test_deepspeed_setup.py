@@ -69,3 +69,23 @@ def test_engine_state_round_trips_through_safetensors_at_every_zero_stage(ray_lo
     result = ray_local.get(ray_local.remote(engine_round_trip).remote(zero_stage, str(tmp_path)))
     assert result["stage"] == zero_stage and result["extra"] == {"note": "kept"}
     assert result["max_difference"] < 1e-6, result
+
+
+def test_weight_average_follows_its_formula_and_swaps_back():
+    from workers.weight_average import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    frozen = torch.nn.Linear(3, 2).requires_grad_(False)
+    both = torch.nn.Sequential(model, frozen)
+    start = model.weight.detach().clone()
+    average = WeightAverage(both, decay=0.75)
+    assert len(average.average) == 2  # the frozen layer is not averaged
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    average.update()
+    average.update()
+    expected = start + 1.0 * (1 - 0.75**2)  # two steps toward start + 1
+    trained = model.weight.detach().clone()
+    with average.swapped_in():
+        torch.testing.assert_close(model.weight.detach(), expected)
+    torch.testing.assert_close(model.weight.detach(), trained)

@@ -37,7 +37,8 @@ def test_checkpoint_round_trip_gives_identical_next_step(tiny_teacher, tmp_path,
     from orchestrator.checkpoint import load_checkpoint, save_checkpoint
     from orchestrator.distill import Progress, cycle, start_roles
 
-    config = tiny_config(tiny_teacher, tmp_path / "run", "dmd2.gan_generator_weight=0", *roles)  # no real-data stream: exact replay
+    # No real-data stream: exact replay. The weights read back are the generator's EMA (also checkpointed).
+    config = tiny_config(tiny_teacher, tmp_path / "run", "dmd2.gan_generator_weight=0", "student.ema_decay=0.5", *roles)
     groups = start_roles(config, 1000)
     weights = lambda: ray.get(groups.generator.call_async("state"))[0]  # noqa: E731  (every rank: ZeRO-3 gathers)
     try:
@@ -46,8 +47,10 @@ def test_checkpoint_round_trip_gives_identical_next_step(tiny_teacher, tmp_path,
         after = weights()
         checkpoint = save_checkpoint(groups, tmp_path / "checkpoints", Progress(generator_steps=1))
         first = cycle(groups, config, 1, np.random.default_rng([0, 1]))
+        average_first = weights()
         progress = load_checkpoint(groups, checkpoint)
         again = cycle(groups, config, 1, np.random.default_rng([0, 1]))
+        average_again = weights()
         critic_updates = 3 * config.dmd2.critic_updates_per_generator_update  # three cycles
         live = scrape_metrics("ray_flashdistill_", lambda found: LIVE_METRICS <= found.keys() and critic_updates_of(found) == critic_updates) if not roles else None
     finally:
@@ -61,6 +64,9 @@ def test_checkpoint_round_trip_gives_identical_next_step(tiny_teacher, tmp_path,
     assert first.keys() == again.keys()
     for key in first:
         assert again[key] == pytest.approx(first[key], rel=1e-5, abs=1e-7), key
+    assert any(not np.allclose(average_first[k].numpy(), after[k].numpy()) for k in after), "the average did not move"
+    for key in average_first:
+        np.testing.assert_allclose(average_again[key].numpy(), average_first[key].numpy(), rtol=1e-5, atol=1e-7, err_msg=key)
 
 
 def test_dry_run_starts_nothing_and_prints_the_config(tiny_teacher, capsys):

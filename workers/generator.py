@@ -1,5 +1,6 @@
 """The generator role: the few-step student. It keeps x0's graph between `generate` and `update`."""
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from workers.models import Denoiser, load_model_folder
 from workers.pipelines import LoraSetup
 from workers.role import RoleWorker
 from workers.sampling import backward_simulate, timestep_batch
+from workers.weight_average import WeightAverage
 
 
 @dataclass
@@ -32,6 +34,7 @@ class GeneratorSetup:
     init_from: str | None = None  # a student folder to start from instead of the teacher's weights
     prompts: str | None = None  # the prompt table of a text-to-image teacher (labels index its prompts)
     lora: LoraSetup | None = None  # train a LoRA on the student's UNet instead of all its weights
+    ema_decay: float = 0.0  # > 0: the student is the EMA of the generator's weights (student.ema_decay)
 
 
 class Generator(RoleWorker):
@@ -47,6 +50,7 @@ class Generator(RoleWorker):
         if setup.lora:  # only the adapter's parameters train (peft freezes the rest)
             self.unet.add_adapter(setup.lora.peft_config())
         self.engine = wrap(self.unet, setup.optimizer, setup.sharding, setup.micro_batch)
+        self.average = WeightAverage(self.unet, setup.ema_decay) if setup.ema_decay > 0 else None
         self.conditioning = folder.conditioning(setup.prompts, self.device)
         self.denoiser = Denoiser(self.engine, folder.schedule, self.conditioning)
         self.shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
@@ -110,6 +114,8 @@ class Generator(RoleWorker):
                 loss = loss + c.gan_weight * surrogate_loss(x0_fake, gan_grad) / x0_fake.shape[0]
                 metrics["generator/gan_loss"] = float(np.mean([f.gan_loss for f in feedback]))
             stepped = backward_and_step(self.engine, loss)
+            if stepped and self.average is not None:
+                self.average.update()
             sample = x0_fake.detach()
             return step_metrics(self.engine, self.role, stepped) | metrics | {
                 "generator/sample_mean": sample.mean().item(),
@@ -118,18 +124,24 @@ class Generator(RoleWorker):
             }
 
     def state(self) -> dict[str, torch.Tensor] | None:
-        """Student weights from rank 0 (None from the others): all of them, or a LoRA's only. Call every rank: ZeRO-3 gathers."""
-        weights = full_state_dict(self.unet)
+        """Student weights (their EMA when kept) from rank 0, None from the others: all of them, or a
+        LoRA's only. Call every rank: ZeRO-3 gathers."""
+        with self.average.swapped_in() if self.average is not None else nullcontext():
+            weights = full_state_dict(self.unet)
         if self.config.lora:
             weights = {k: v for k, v in weights.items() if "lora_" in k}
         return weights if self.rank == 0 else None
 
     def save(self, directory: Path) -> None:
         save_engine(self.engine, self.unet, Path(directory), self.rank, {"real_batches_taken": self.real_batches_taken})
+        if self.average is not None:
+            self.average.save(Path(directory) / f"ema-rank{self.rank}.safetensors")
 
     def load(self, directory: Path) -> None:
         """Restore weights and optimizer, and fast-forward the real-data stream (right after setup)."""
         extra = load_engine(self.engine, self.unet, Path(directory), self.rank)
+        if self.average is not None:
+            self.average.load(Path(directory) / f"ema-rank{self.rank}.safetensors")
         self.restart_real_batches(int(extra.get("real_batches_taken", 0)))
 
 
