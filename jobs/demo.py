@@ -18,7 +18,8 @@ from orchestrator.config_loading import load_config
 CONFIGS = Path(__file__).parent / "configs"
 # Four steps [999, 749, 499, 249], DMD2's DM loss composed with Imagine Flash's SRL and its
 # noise-corrected sampler, at DMD2's GAN weight: the best four-step recipe measured here (FD 4.2-4.6
-# at 200 steps; pure DMD2 at four steps collapsed to recall 0.22). README, "The four-step student".
+# at 200 steps against a teacher of FD 2.66; pure DMD2 at four steps collapsed to recall 0.22), yet
+# not as good as the one-step student. README, "The four-step student is not as good as the one-step".
 FOUR_STEPS = ["student.timesteps=[999,749,499,249]", "dmd2.critic_updates_per_generator_update=5", "student.sampler=noise_corrected_ddim", "dmd2.guidance_scale=1.0",
               "dmd2.gan_generator_weight=3.0e-3", "imagine_flash.srl_weight=0.25", "imagine_flash.srl_teacher_steps=2", "imagine_flash.gamma_jitter=10",
               "imagine_flash.srl_guidance_scale=1.5"]
