@@ -5,7 +5,6 @@ network regresses its prediction type's target, labels dropped to the null label
 probability `label_dropout` so the teacher also knows the unconditional score for CFG.
 """
 
-import copy
 import time
 
 import numpy as np
@@ -17,6 +16,7 @@ from workers.data import batch_to_arrays
 from workers.losses import denoising_loss
 from workers.models import ModelManifest, build_unet, save_model_folder
 from workers.schedule import NoiseSchedule
+from workers.weight_average import WeightAverage
 
 
 def drop_labels(labels: torch.Tensor, null_label: int, probability: float, generator: torch.Generator) -> torch.Tensor:
@@ -44,7 +44,7 @@ def train_loop(payload: dict) -> None:
     schedule = NoiseSchedule.from_scheduler_config(config.schedule.scheduler_config())
     micro_batch = config.batch_size // world
     engine = wrap(unet, config.optimizer, config.sharding, micro_batch)
-    ema = copy.deepcopy(unet).requires_grad_(False)
+    ema = WeightAverage(unet, config.ema_decay)  # the saved teacher
     logger = MetricLogger(payload["run_id"], payload["tracking_uri"]) if rank == 0 else None
 
     shard = ray.train.get_dataset_shard("train")
@@ -60,7 +60,7 @@ def train_loop(payload: dict) -> None:
             loss = denoising_loss(output, schedule, x0, eps, t)
             engine.backward(loss)
             engine.step()
-            update_ema(ema, unet, config.ema_decay)
+            ema.update()
             step += 1
             losses.append(loss.item())
             if step % config.log_every == 0 or step == config.steps:
@@ -71,16 +71,10 @@ def train_loop(payload: dict) -> None:
 
     if rank == 0:
         manifest = ModelManifest(kind="teacher", num_classes=num_classes, guidance_scale=config.guidance_scale, method="ddpm")
-        save_model_folder(config.output, ema, config.schedule.scheduler_config(), manifest)
+        with ema.swapped_in():
+            save_model_folder(config.output, unet, config.schedule.scheduler_config(), manifest)
         logger.flush()
     ray.train.report({"steps": step, "seconds": time.perf_counter() - start})
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model, parameter by parameter."""
-    for ema_param, param in zip(ema.parameters(), model.parameters()):
-        ema_param.lerp_(param.detach(), 1.0 - decay)
 
 
 def report_progress(logger, step: int, steps: int, start: float, loss: float, lr: float, batch: int) -> None:

@@ -21,8 +21,8 @@ class WeightAverage:
     round away updates of size (1 - decay) * weight), over the parameters that train."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        if not 0 < decay < 1:
-            raise ValueError(f"EMA decay {decay} must be in (0, 1)")
+        if not 0 <= decay < 1:
+            raise ValueError(f"EMA decay {decay} must be in [0, 1)")
         self.decay = decay
         self.params = [p for p in model.parameters() if p.requires_grad]  # a LoRA's adapter only
         self.average = [local_values(p).detach().float().clone() for p in self.params]
