@@ -16,14 +16,13 @@ import numpy as np
 def in_process_roles(config, num_train_timesteps: int):
     """Teacher, critic and generator as plain objects in this process (one gloo world of size 1), each using every core."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29631", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    import deepspeed
-
     from orchestrator.distill import role_setups
     from workers.critic import Critic
+    from workers.deepspeed_setup import import_deepspeed
     from workers.generator import Generator
     from workers.teacher import Teacher
 
-    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    import_deepspeed().init_distributed(dist_backend="gloo", verbose=False)
     teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
     teacher, critic, generator = (role(0, 1, os.cpu_count() or 1, config.seed, run=None) for role in (Teacher, Critic, Generator))
     teacher_dir = str(Path(config.teacher).resolve())

@@ -18,13 +18,13 @@ def one_rank_world() -> None:
     import os
     import socket
 
-    import deepspeed
+    from workers.deepspeed_setup import import_deepspeed
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    import_deepspeed().init_distributed(dist_backend="gloo", verbose=False)
 
 
 def scrape_metrics(prefix: str, until, timeout_s: float = 60) -> dict[str, list[str]]:

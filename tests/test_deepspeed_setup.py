@@ -60,7 +60,10 @@ def engine_round_trip(zero_stage: int, directory: str) -> dict:
     extra = load_engine(second, other, Path(directory), rank=0)
     step(second)
     a, b = full_state_dict(model), full_state_dict(other)
-    return {"extra": extra, "max_difference": max(float((a[k] - b[k]).abs().max()) for k in a), "stage": second.zero_optimization_stage()}
+    import deepspeed.comm.comm
+
+    return {"extra": extra, "max_difference": max(float((a[k] - b[k]).abs().max()) for k in a), "stage": second.zero_optimization_stage(),
+            "shm_kernel_built": deepspeed.comm.comm.cdb.shm_comm_op is not None}
 
 
 @pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
@@ -69,6 +72,7 @@ def test_engine_state_round_trips_through_safetensors_at_every_zero_stage(ray_lo
     result = ray_local.get(ray_local.remote(engine_round_trip).remote(zero_stage, str(tmp_path)))
     assert result["stage"] == zero_stage and result["extra"] == {"note": "kept"}
     assert result["max_difference"] < 1e-6, result
+    assert not result["shm_kernel_built"], "DeepSpeed built its shared-memory inference kernel (a minute of JIT compile no role needs)"
 
 
 def test_weight_average_follows_its_formula_and_swaps_back():

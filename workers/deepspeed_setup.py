@@ -72,9 +72,25 @@ def deepspeed_config(optimizer: OptimizerConfig, sharding: ShardingConfig, micro
     return config
 
 
+def import_deepspeed():
+    """`deepspeed`, told not to JIT-compile its shared-memory all-reduce kernel on CPU.
+
+    That kernel serves only `inference_all_reduce` (tensor-parallel inference), which no role calls;
+    training collectives go through torch.distributed (gloo). Compiling it took 45-74 s of the first
+    DeepSpeed start in every fresh environment here (`ninja` log), once per virtualenv path.
+    DeepSpeed keeps its probe result in one module-level dict and reads it when building the
+    backend, so marking the op incompatible there makes the backend fall back to gloo.
+    """
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
 def wrap(model: torch.nn.Module, optimizer: OptimizerConfig, sharding: ShardingConfig, micro_batch: int):
     """A DeepSpeed engine around an already built model, with torch's AdamW (no op to compile)."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     if sharding.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -93,7 +109,7 @@ def wrap_frozen(model: torch.nn.Module, sharding: ShardingConfig):
     model.requires_grad_(False)
     if sharding.zero_stage != 3:
         return model.to(torch.bfloat16) if sharding.bf16 else model
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "bf16": {"enabled": sharding.bf16}}
     engine, *_ = deepspeed.initialize(model=model, config=config)

@@ -35,11 +35,12 @@ class RoleWorker:
 
     def join_world(self, master_addr: str, master_port: int) -> str:
         """Join this role's own process group (gloo on CPU, nccl on GPU); returns the node id."""
-        import deepspeed
         import ray
 
+        from workers.deepspeed_setup import import_deepspeed
+
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
-        deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False)
+        import_deepspeed().init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False)
         return ray.get_runtime_context().get_node_id()
 
     def generator_for(self, seed: int) -> torch.Generator:
