@@ -117,13 +117,8 @@ def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
 
 def real_data_splits(path: Path, ranks: int) -> list:
     """One Ray Data iterator per critic rank, in a fixed order so a resumed run sees the same stream."""
-    import ray
-
     from workers.data import ray_dataset
 
-    # Must be set before the data set is made (it takes a copy of the context); measured: without
-    # it, two runs of the same seed saw different real batches.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
     return ray_dataset(path).materialize().streaming_split(ranks, equal=True)
 
 

@@ -75,3 +75,21 @@ def test_teacher_refuses_data_of_the_wrong_shape(tmp_path, ray_local):
         assert "[3, 16, 16]" in str(error) and "unet.channels" in str(error)
     else:
         raise AssertionError("wrong-shaped data was accepted")
+
+
+def test_teacher_training_is_reproducible(tiny_teacher, tmp_path):
+    """The same config and seed train the same teacher, bit for bit, across epochs (30 steps of 28 per epoch)."""
+    from safetensors.torch import load_file
+
+    from orchestrator.config import TeacherTrainingConfig
+    from orchestrator.config_loading import load_config
+    from orchestrator.teacher_training import train_teacher
+
+    config = load_config(TeacherTrainingConfig, ROOT / "jobs" / "configs" / "teacher_tiny.yaml",
+                         [f"data={tiny_teacher / 'data'}", f"output={tmp_path / 'teacher'}", "steps=30"])  # as the fixture
+    train_teacher(config)
+    [first], [again] = (sorted((folder / "unet").glob("*.safetensors")) for folder in (tiny_teacher / "teacher", tmp_path / "teacher"))
+    first, again = load_file(first), load_file(again)
+    assert first.keys() == again.keys()
+    for name in first:
+        assert torch.equal(first[name], again[name]), name

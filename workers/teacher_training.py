@@ -48,9 +48,13 @@ def train_loop(payload: dict) -> None:
     logger = MetricLogger(payload["run_id"], payload["tracking_uri"]) if rank == 0 else None
 
     shard = ray.train.get_dataset_shard("train")
-    step, start, losses = 0, time.perf_counter(), []
+    step, epoch, start, losses = 0, 0, time.perf_counter(), []
     while step < config.steps:
-        for batch in shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * micro_batch):
+        # The local shuffle takes a seed per (run seed, rank, epoch): unseeded, it made two runs of one
+        # config train different teachers.
+        shuffle_seed = hash((config.seed, rank, epoch)) % 2**32
+        epoch += 1
+        for batch in shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * micro_batch, local_shuffle_seed=shuffle_seed):
             images, labels = batch_to_arrays(batch, shape)
             x0 = torch.from_numpy(images).to(engine.device)  # (B, C, H, W)
             y = None if labels is None else drop_labels(torch.from_numpy(labels), num_classes, config.label_dropout, generator).to(engine.device)
