@@ -11,6 +11,8 @@ def format_table(rows: list[dict], first: str = "model") -> str:
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         values = [fmt.format(row[key] * 1000 if key == "seconds_per_image" else row[key]) if row.get(key) is not None else "-" for key, _, fmt in columns]
+        if row.get("fd_std") is not None:  # a mean over sampling seeds: show its spread
+            values[1] += f" ± {row['fd_std']:.2f}"
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines)
 

@@ -110,6 +110,7 @@ class RolesConfig:
     generator: RoleConfig = field(default_factory=RoleConfig)
 
 
+DM_TIMESTEPS = ("full", "below_input")
 STUDENT_INPUTS = ("backward_simulated", "forward_noised")
 STUDENT_SAMPLERS = ("lcm", "ddim", "noise_corrected_ddim")
 
@@ -128,6 +129,8 @@ class StudentConfig:
     """lcm: x0 re-noised with fresh noise (DMD2); ddim: deterministic DDIM; noise_corrected_ddim: DDIM whose
     first step uses the initial noise instead of the predicted one (Imagine Flash). Used in backward
     simulation and saved as the student's scheduler."""
+    step_weights: list[float] | None = None
+    """How often each student step is trained, relative (one weight per timestep); unset: all equally (DMD2)."""
     lora_rank: int = 0
     """> 0: train the generator as a LoRA of this rank on the UNet's attention projections (SD 1.5 / SDXL
     teachers); the student is exported with the LoRA fused in, and as LoRA weights in student/lora."""
@@ -146,6 +149,9 @@ class StudentConfig:
         require(all(a > b for a, b in zip(ts, ts[1:])), f"{where}.timesteps", f"{ts} must be strictly decreasing, e.g. [999, 749, 499, 249]")
         require(min(ts) >= 0, f"{where}.timesteps", f"{ts} holds a negative timestep; use teacher training timesteps 0 .. T-1")
         require(self.inputs in STUDENT_INPUTS, f"{where}.inputs", f"{self.inputs!r} is not one of {', '.join(STUDENT_INPUTS)}")
+        w = self.step_weights
+        require(w is None or (len(w) == len(ts) and min(w) >= 0 and sum(w) > 0), f"{where}.step_weights",
+                f"{w} needs one non-negative weight per timestep of {ts}, not all 0, e.g. {[1] * len(ts)}")
         require(self.sampler in STUDENT_SAMPLERS, f"{where}.sampler", f"{self.sampler!r} is not one of {', '.join(STUDENT_SAMPLERS)}")
         require(self.sampler == "lcm" or len(ts) > 1, f"{where}.sampler",
                 f"{self.sampler} changes only how the student moves between timesteps, and {ts} has one; use lcm or give several timesteps")
@@ -160,6 +166,10 @@ class Dmd2Config:
     dm_t_min: float = 0.02
     """DM loss timesteps are drawn from UniformInt[dm_t_min * T, dm_t_max * T]."""
     dm_t_max: float = 0.98
+    dm_timesteps: str = "full"
+    """full: every student step draws its DM loss timesteps from the whole range (DMD2). below_input: each
+    step after the first draws them no higher than its own input's timestep t_k, so a later step only
+    matches the detail its input leaves open (as Phased DMD's subintervals); the first step keeps the whole range."""
     guidance_scale: float = 1.0
     """The teacher's classifier-free guidance in the DM loss (1: none; 0: unconditional)."""
     dm_weight: float = 1.0
@@ -172,6 +182,7 @@ class Dmd2Config:
     def check(self, where: str = "") -> None:
         require(self.critic_updates_per_generator_update >= 1, f"{where}.critic_updates_per_generator_update", f"{self.critic_updates_per_generator_update} must be at least 1 (DMD2 used 5)")
         require(self.guidance_scale >= 0, f"{where}.guidance_scale", f"{self.guidance_scale} must not be negative (1: no guidance)")
+        require(self.dm_timesteps in DM_TIMESTEPS, f"{where}.dm_timesteps", f"{self.dm_timesteps!r} is not one of {', '.join(DM_TIMESTEPS)}")
         require(0 <= self.dm_t_min < self.dm_t_max <= 1, f"{where}.dm_t_min", f"need 0 <= dm_t_min < dm_t_max <= 1, got {self.dm_t_min} and {self.dm_t_max}")
         for name in ("dm_weight", "gan_generator_weight", "gan_discriminator_weight"):
             require(getattr(self, name) >= 0, f"{where}.{name}", f"{getattr(self, name)} must not be negative (0 turns that loss off)")

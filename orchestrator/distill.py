@@ -144,6 +144,7 @@ def role_setups(config: DistillConfig, num_train_timesteps: int):
     generator_setup = GeneratorSetup(
         timesteps=list(student.timesteps), inputs=student.inputs, sampler=student.sampler, micro_batch=config.batch_size // roles.generator.ranks,
         dm_t_min=int(d.dm_t_min * num_train_timesteps), dm_t_max=min(int(d.dm_t_max * num_train_timesteps), num_train_timesteps - 1),
+        dm_below_input=d.dm_timesteps == "below_input",
         dm_weight=d.dm_weight, gan_weight=d.gan_generator_weight, srl_weight=srl.srl_weight,
         optimizer=roles.generator.optimizer, sharding=roles.generator.sharding,
         init_from=str(Path(config.generator_init).resolve()) if config.generator_init else None, prompts=prompts,
@@ -168,6 +169,13 @@ def generate(groups: Roles, request) -> list:
     return refs
 
 
+def draw_student_step(rng: np.random.Generator, steps: int, weights: list[float] | None = None) -> int:
+    """k, the student step a generator call trains (or feeds the critic): uniform (DMD2), or by `weights`."""
+    if weights is None:
+        return int(rng.integers(steps))
+    return int(rng.choice(steps, p=np.asarray(weights, dtype=float) / sum(weights)))
+
+
 def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Generator) -> dict[str, float]:
     """One TTUR cycle: N critic updates, then one generator update. Returns the cycle's metrics."""
     import ray
@@ -176,8 +184,7 @@ def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Genera
 
     shards = shard_count(*groups.all())
     per_generator_rank = shards // groups.generator.ranks
-    steps = len(config.student.timesteps)
-    draw_k = lambda: int(rng.integers(steps))  # noqa: E731  (the student timestep trained this time)
+    draw_k = lambda: draw_student_step(rng, len(config.student.timesteps), config.student.step_weights)  # noqa: E731
 
     # Critic updates on fresh samples. The generator's weights are fixed until its update, so all N
     # requests go out at once and the actors' queues pipeline them: equal to the plain schedule.

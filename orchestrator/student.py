@@ -55,17 +55,25 @@ def student_evaluator(teacher: ModelFolder, data: Path, num: int, seed: int):
 class StudentEvaluator:
     """FD and friends of a model folder against the real data, on the project's yardstick."""
 
-    def __init__(self, reference, num: int, seed: int = 0):
+    def __init__(self, reference, num: int, seed: int = 0, repeats: int = 1, yardstick=None):
+        """`repeats` > 1: every metric is the mean over sampling seeds seed .. seed + repeats - 1, and
+        `fd_std` their spread (the FD of 1,000 digits moves by about 0.5 between seeds).
+        `yardstick`: the classifiers to measure with; unset: the cached ones in runs/yardstick."""
         from workers.evaluation import load_or_train_yardstick
 
-        self.reference, self.num, self.seed = reference, num, seed
-        self.yardstick = load_or_train_yardstick()
+        self.reference, self.num, self.seed, self.repeats = reference, num, seed, repeats
+        self.yardstick = yardstick or load_or_train_yardstick()
 
     def __call__(self, folder_path: Path, steps: int | None = None) -> dict[str, float]:
+        runs = [self.evaluate_seed(folder_path, steps, self.seed + i) for i in range(self.repeats)]
+        mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+        return mean | ({"fd_std": float(np.std([r["fd"] for r in runs]))} if self.repeats > 1 else {})
+
+    def evaluate_seed(self, folder_path: Path, steps: int | None, seed: int) -> dict[str, float]:
         from workers.evaluation import evaluate_images
         from workers.inference import sample_from_folder
 
-        result = sample_from_folder(folder_path, steps, self.num, self.seed)
+        result = sample_from_folder(folder_path, steps, self.num, seed)
         metrics = evaluate_images(result.images, result.labels, self.reference, self.yardstick)
         metrics["seconds_per_image"] = result.seconds_per_image
         metrics["network_passes"] = result.network_passes

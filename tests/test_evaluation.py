@@ -202,3 +202,18 @@ def test_reference_points_without_labels_skip_class_means(yardstick, digits):
     unlabelled = ImageArrays(images=digits.images)
     rows = reference_points(unlabelled, yardstick, num=200, seed=1)
     assert "class_mean_images" not in rows and rows["real_vs_real"]["class_accuracy"] is None
+
+
+def test_a_mean_over_sampling_seeds_and_its_spread_reach_the_demo_table(tiny_teacher, yardstick, digits):
+    from jobs.report import format_table
+    from orchestrator.student import StudentEvaluator
+
+    teacher = tiny_teacher / "teacher"
+    single = [StudentEvaluator(digits, 50, seed, yardstick=yardstick)(teacher, 2) for seed in (3, 4)]
+    both = StudentEvaluator(digits, 50, 3, repeats=2, yardstick=yardstick)(teacher, 2)
+    assert both["fd"] == pytest.approx((single[0]["fd"] + single[1]["fd"]) / 2)
+    assert both["recall"] == pytest.approx((single[0]["recall"] + single[1]["recall"]) / 2)
+    assert both["fd_std"] == pytest.approx(abs(single[0]["fd"] - single[1]["fd"]) / 2) and both["fd_std"] > 0
+    assert "fd_std" not in single[0]
+    row = format_table([{"model": "m", **both}]).splitlines()[-1]
+    assert f"{both['fd']:.2f} ± {both['fd_std']:.2f}" in row

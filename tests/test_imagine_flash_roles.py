@@ -10,7 +10,8 @@ from tests.run_helpers import CONFIGS, tiny_config
 
 def test_dm_plus_srl_with_forward_noised_inputs_and_a_noise_corrected_student(tiny_teacher, tmp_path):
     """DM loss + SRL + GAN in one run, the student trained on forward-noised real images, exported
-    with the noise-correction scheduler that the project's sampler then loads."""
+    with the noise-correction scheduler that the project's sampler then loads. With the demo's
+    four-step choices: DM timesteps below a later step's input, and uneven step weights."""
     import json
 
     import ray
@@ -18,18 +19,23 @@ def test_dm_plus_srl_with_forward_noised_inputs_and_a_noise_corrected_student(ti
     from orchestrator.distill import cycle, start_roles
     from orchestrator.student import export_student
     from workers.inference import sample_from_folder
+    from workers.messages import GenerateRequest
     from workers.models import load_model_folder
 
     config = tiny_config(tiny_teacher, tmp_path / "run", "imagine_flash.srl_weight=1.0", "imagine_flash.srl_teacher_steps=2", "imagine_flash.gamma_jitter=5",
                          "student.inputs=forward_noised", "student.sampler=noise_corrected_ddim",
+                         "dmd2.dm_timesteps=below_input", "student.step_weights=[1,3]",
                          "roles.generator.sharding.gradient_checkpointing=true")  # the switch, through DeepSpeed in an actor
     groups = start_roles(config, 1000)
     try:
         metrics = [cycle(groups, config, step, np.random.default_rng([0, step])) for step in range(2)]
         seconds = ray.get(groups.teacher.actors[0].take_seconds.remote())
         weights = ray.get(groups.generator.actors[0].state.remote())
+        # The DM loss's timesteps: the whole range at the first step, at most t_1 = 499 at the second.
+        first, second = (ray.get(groups.generator.actors[0].generate.remote(GenerateRequest(7, k, keep_graph=False, shards=1))).t for k in (0, 1))
     finally:
         groups.shutdown()
+    assert first.max() > 499 and 20 <= second.min() and second.max() <= 499
     for m in metrics:
         for key in ("generator/dm_loss", "generator/srl_loss", "generator/gan_loss"):
             assert np.isfinite(m[key]), (key, m)

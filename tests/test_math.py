@@ -17,6 +17,7 @@ from workers.losses import (
     discriminator_loss,
     dm_gradient,
     dm_loss,
+    dm_timestep_range,
     generator_gan_loss,
     sample_timesteps,
     surrogate_loss,
@@ -345,6 +346,27 @@ def test_sample_timesteps_is_inclusive_and_seeded():
     assert t.dtype == torch.int64 and t.shape == (20_000,)
     assert t.min().item() == 20 and t.max().item() == 980
     assert torch.equal(t, sample_timesteps(20_000, 20, 980, torch.Generator().manual_seed(35)))
+
+
+def test_dm_timestep_range_caps_later_steps_at_their_input_timestep():
+    steps = [999, 749, 499, 249]
+    assert [dm_timestep_range(20, 980, steps, k, below_input=False) for k in range(4)] == [(20, 980)] * 4
+    # The first step starts from pure noise: the whole range; later ones: up to their own t_k.
+    assert [dm_timestep_range(20, 980, steps, k, below_input=True) for k in range(4)] == [(20, 980), (20, 749), (20, 499), (20, 249)]
+    assert dm_timestep_range(20, 980, [999, 10], 1, below_input=True) == (20, 20)  # never an empty range
+
+
+def test_student_steps_are_drawn_uniformly_or_by_their_weights():
+    import numpy as np
+
+    from orchestrator.distill import draw_student_step
+
+    # Without weights, DMD2's uniform draw exactly as before the option existed.
+    assert [draw_student_step(np.random.default_rng(s), 4) for s in range(20)] == [int(np.random.default_rng(s).integers(4)) for s in range(20)]
+    rng = np.random.default_rng(1)
+    counts = np.bincount([draw_student_step(rng, 4, [1, 0, 1, 2]) for _ in range(4000)], minlength=4)
+    assert counts[1] == 0
+    assert np.allclose(counts / 4000, [0.25, 0, 0.25, 0.5], atol=0.03)
 
 
 def test_surrogate_and_denoising_losses(sd_schedule):

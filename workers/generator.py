@@ -9,7 +9,7 @@ import torch
 
 from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, full_state_dict, load_engine, save_engine, step_metrics, wrap
 from workers.imagine_flash import srl_loss
-from workers.losses import dm_gradient, dm_loss, sample_timesteps, surrogate_loss
+from workers.losses import dm_gradient, dm_loss, dm_timestep_range, sample_timesteps, surrogate_loss
 from workers.messages import CriticFeedback, GeneratedBatch, GenerateRequest, TeacherAnswer, as_tensor
 from workers.models import Denoiser, load_model_folder
 from workers.pipelines import LoraSetup
@@ -26,6 +26,7 @@ class GeneratorSetup:
     micro_batch: int  # this rank's batch per call
     dm_t_min: int  # DM loss timesteps, inclusive
     dm_t_max: int
+    dm_below_input: bool  # later steps draw DM timesteps up to their own input's (dmd2.dm_timesteps)
     dm_weight: float
     gan_weight: float
     srl_weight: float
@@ -82,7 +83,8 @@ class Generator(RoleWorker):
                 x0 = self.denoiser.x0(x_in, student_t, labels)
             if request.keep_graph:
                 self.pending = x0
-            t = sample_timesteps(x0.shape[0], self.config.dm_t_min, self.config.dm_t_max, rng)
+            c = self.config
+            t = sample_timesteps(x0.shape[0], *dm_timestep_range(c.dm_t_min, c.dm_t_max, c.timesteps, k, c.dm_below_input), rng)
             x_t = schedule.add_noise(x0.detach(), torch.randn(x0.shape, generator=rng), t)
             batch = GeneratedBatch(x0.detach().numpy(), x_t.numpy(), t.numpy(), None if labels is None else labels.numpy(), student_t.numpy(), request.seed)
             shards = split_batch(batch, request.shards)
