@@ -111,6 +111,7 @@ class RolesConfig:
 
 
 DM_TIMESTEPS = ("full", "below_input")
+LAST_CRITIC_UPDATES = ("before_generator", "with_generator")
 STUDENT_INPUTS = ("backward_simulated", "forward_noised")
 STUDENT_SAMPLERS = ("lcm", "ddim", "noise_corrected_ddim")
 
@@ -163,6 +164,11 @@ class Dmd2Config:
 
     critic_updates_per_generator_update: int = 5
     """TTUR ratio N: critic updates per generator update (5 for ImageNet-64 and SDXL, 10 for SD 1.5)."""
+    last_critic_update: str = "with_generator"
+    """with_generator (DMD2's release order): the N-th critic update of a cycle trains on the generator's own
+    update batch while the generator updates, off the cycle's critical path; the generator's feedback comes
+    from the critic after the other N - 1. before_generator: all N train on fresh samples before the
+    generator's update, and its feedback comes from the critic after all N."""
     dm_t_min: float = 0.02
     """DM loss timesteps are drawn from UniformInt[dm_t_min * T, dm_t_max * T]."""
     dm_t_max: float = 0.98
@@ -182,6 +188,8 @@ class Dmd2Config:
     def check(self, where: str = "") -> None:
         require(self.critic_updates_per_generator_update >= 1, f"{where}.critic_updates_per_generator_update", f"{self.critic_updates_per_generator_update} must be at least 1 (DMD2 used 5)")
         require(self.guidance_scale >= 0, f"{where}.guidance_scale", f"{self.guidance_scale} must not be negative (1: no guidance)")
+        require(self.last_critic_update in LAST_CRITIC_UPDATES, f"{where}.last_critic_update",
+                f"{self.last_critic_update!r} is not one of {', '.join(LAST_CRITIC_UPDATES)}")
         require(self.dm_timesteps in DM_TIMESTEPS, f"{where}.dm_timesteps", f"{self.dm_timesteps!r} is not one of {', '.join(DM_TIMESTEPS)}")
         require(0 <= self.dm_t_min < self.dm_t_max <= 1, f"{where}.dm_t_min", f"need 0 <= dm_t_min < dm_t_max <= 1, got {self.dm_t_min} and {self.dm_t_max}")
         for name in ("dm_weight", "gan_generator_weight", "gan_discriminator_weight"):

@@ -1,8 +1,8 @@
 """A DMD2 distillation run: check inputs, start the three role groups, run the TTUR loop, export.
 
-The loop (`run_schedule`) owns the two time-scale schedule: N critic updates on fresh generator
-samples, then one generator update whose DM and GAN gradients come from the teacher and critic
-groups. Tensors travel between groups as object refs; the driver only sees small metric dicts.
+The loop (`run_schedule`) owns the two time-scale schedule: N critic updates per generator update,
+whose DM and GAN gradients come from the teacher and critic groups (`cycle`: DMD2's order, the
+critic's last update overlapping the generator's). Tensors travel between groups as object refs; the driver only sees small metric dicts.
 `run_with_recovery` wraps the loop: a role that dies or hangs restarts every group from the last
 checkpoint.
 """
@@ -177,7 +177,10 @@ def draw_student_step(rng: np.random.Generator, steps: int, weights: list[float]
 
 
 def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Generator) -> dict[str, float]:
-    """One TTUR cycle: N critic updates, then one generator update. Returns the cycle's metrics."""
+    """One TTUR cycle: N critic updates and one generator update. DMD2's release order (the default,
+    dmd2.last_critic_update=with_generator): N - 1 critic updates on fresh samples, the generator's update
+    against that critic, and the N-th critic update on the generator's own batch at the same time as the
+    generator's; before_generator: all N first. Returns the cycle's metrics."""
     import ray
 
     from workers.messages import GenerateRequest
@@ -186,13 +189,16 @@ def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Genera
     per_generator_rank = shards // groups.generator.ranks
     draw_k = lambda: draw_student_step(rng, len(config.student.timesteps), config.student.step_weights)  # noqa: E731
 
-    # Critic updates on fresh samples. The generator's weights are fixed until its update, so all N
+    def train_critic(seed: int, fakes: list) -> list:
+        return [actor.train_step.remote(seed, *own) for actor, own in zip(groups.critic.actors, assign(fakes, groups.critic.ranks))]
+
+    # Critic updates on fresh samples. The generator's weights are fixed until its update, so all
     # requests go out at once and the actors' queues pipeline them: equal to the plain schedule.
+    overlap = config.dmd2.last_critic_update == "with_generator"
     critic_refs = []
-    for i in range(config.dmd2.critic_updates_per_generator_update):
+    for i in range(config.dmd2.critic_updates_per_generator_update - overlap):
         seed = step * 1000 + i
-        fakes = generate(groups, GenerateRequest(seed, draw_k(), keep_graph=False, shards=per_generator_rank))
-        critic_refs += [actor.train_step.remote(seed, *own) for actor, own in zip(groups.critic.actors, assign(fakes, groups.critic.ranks))]
+        critic_refs += train_critic(seed, generate(groups, GenerateRequest(seed, draw_k(), keep_graph=False, shards=per_generator_rank)))
 
     # Generator update: samples with graph; teacher and critic answer per shard, in parallel.
     fakes = generate(groups, GenerateRequest(step * 1000 + 999, draw_k(), keep_graph=True, shards=per_generator_rank))
@@ -202,6 +208,8 @@ def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Genera
         actor.update.remote(per_generator_rank, *own_answers, *own_feedback)
         for actor, own_answers, own_feedback in zip(groups.generator.actors, assign(teacher_answers, groups.generator.ranks), assign(feedback, groups.generator.ranks))
     ]
+    if overlap:  # queued behind its feedback, it runs while the generator updates: off the critical path
+        critic_refs += train_critic(step * 1000 + 998, fakes)
     results = ray.get(generator_refs + critic_refs, timeout=config.fault_tolerance.cycle_timeout_s)
     return mean_metrics(results)
 

@@ -29,6 +29,7 @@ BAD_CONFIGS = [
     (["student.timesteps=[999]", "student.sampler=noise_corrected_ddim"], "student.sampler: noise_corrected_ddim changes only how the student moves"),
     (["student.step_weights=[1]"], "student.step_weights: [1.0] needs one non-negative weight per timestep of [999, 499]"),
     (["student.step_weights=[1,-1]"], "student.step_weights: [1.0, -1.0] needs one non-negative weight"),
+    (["dmd2.last_critic_update=after"], "dmd2.last_critic_update: 'after' is not one of before_generator, with_generator"),
     (["dmd2.dm_timesteps=partial"], "dmd2.dm_timesteps: 'partial' is not one of full, below_input"),
     (["student.ema_decay=1"], "student.ema_decay: 1.0 must be 0 (no average) or in (0, 1)"),
     (["imagine_flash.gamma_scale=0"], "imagine_flash.gamma_scale: 0.0 must be positive"),

@@ -29,7 +29,9 @@ ZERO3_RANKS = "{ranks: 2, cpus_per_rank: 0.5, threads_per_rank: 1, sharding: {ze
     [],
     # Every role a two-rank world with its parameters ZeRO-3-sharded (the teacher for inference).
     [f"roles.teacher={ZERO3_RANKS}", f"roles.critic={ZERO3_RANKS}", f"roles.generator={ZERO3_RANKS}"],
-], ids=["one-rank", "two-rank-zero3"])
+    # All critic updates before the generator's (the other order) replays too.
+    ["dmd2.last_critic_update=before_generator"],
+], ids=["one-rank", "two-rank-zero3", "one-rank-critic-before-generator"])
 def test_checkpoint_round_trip_gives_identical_next_step(tiny_teacher, tmp_path, roles):
     """Save after one cycle, take a second cycle, load, take it again: the same metrics."""
     import ray
