@@ -22,6 +22,11 @@ def critic_updates_of(metrics: dict[str, list[str]]) -> float | None:
     return float(lines[0].rsplit(" ", 1)[1]) if lines else None
 
 
+def teacher_received_bytes(metrics: dict[str, list[str]]) -> bool:
+    """Whether the teacher's bytes-received counter of run "run" is among scraped Prometheus lines."""
+    return any('role="teacher"' in line and 'run="run"' in line for line in metrics.get("ray_flashdistill_bytes_received_total", []))
+
+
 ZERO3_RANKS = "{ranks: 2, cpus_per_rank: 0.5, threads_per_rank: 1, sharding: {zero_stage: 3}, optimizer: {learning_rate: 1.0e-4}}"
 
 
@@ -54,13 +59,15 @@ def test_checkpoint_round_trip_gives_identical_next_step(tiny_teacher, tmp_path,
         again = cycle(groups, config, 1, np.random.default_rng([0, 1]))
         average_again = weights()
         critic_updates = 3 * config.dmd2.critic_updates_per_generator_update  # three cycles
-        live = scrape_metrics("ray_flashdistill_", lambda found: LIVE_METRICS <= found.keys() and critic_updates_of(found) == critic_updates) if not roles else None
+        # Each actor's worker exports on its own clock: wait for every role's lines, not only the critic's.
+        complete = lambda found: LIVE_METRICS <= found.keys() and critic_updates_of(found) == critic_updates and teacher_received_bytes(found)  # noqa: E731
+        live = scrape_metrics("ray_flashdistill_", complete) if not roles else None
     finally:
         groups.shutdown()
     if live is not None:  # the dashboard's per-role metrics, read back from the node's metrics endpoint while the actors lived
         assert LIVE_METRICS <= live.keys(), sorted(live)
         assert critic_updates_of(live) == critic_updates, live["ray_flashdistill_calls_total"]
-        assert any('role="teacher"' in line for line in live["ray_flashdistill_bytes_received_total"])
+        assert teacher_received_bytes(live), live["ray_flashdistill_bytes_received_total"]
     assert before.keys() == after.keys() and any(not np.allclose(after[k].numpy(), before[k].numpy()) for k in after), "the generator did not move"
     assert progress.generator_steps == 1
     assert first.keys() == again.keys()
