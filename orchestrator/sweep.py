@@ -3,7 +3,8 @@
 Each trial reserves, through a `PlacementGroupFactory`, a bundle for its driver, one for its Ray
 Data work and one per rank of every role (`role_group.trial_bundles`); `start_roles` places the
 roles into those bundles, so Tune runs as many trials at once as the cluster holds. Trials report
-FD at every evaluation to an ASHA scheduler. The sweep is a parent MLflow run; each trial's
+FD at every evaluation to an ASHA scheduler, which stops the worst early (`early_stopping=False`
+runs every trial to the end, as an ablation needs). The sweep is a parent MLflow run; each trial's
 distillation is a run nested under it.
 
 A search space is YAML mapping config paths to one domain each:
@@ -40,6 +41,8 @@ class SweepSpec:
     space: dict[str, dict]
     output: Path
     num_samples: int
+    early_stopping: bool = True
+    """ASHA stops trials whose FD trails at an evaluation; False runs every trial to generator_steps."""
 
 
 def load_space(path: Path) -> dict[str, dict]:
@@ -138,11 +141,19 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows])
 
 
+def trial_scheduler(base: DistillConfig, early_stopping: bool):
+    """ASHA over generator steps (first rung at the first evaluation, halving); without early stopping Tune's FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not early_stopping:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="generator_steps", max_t=base.generator_steps, grace_period=base.eval_every or base.generator_steps, reduction_factor=2)
+
+
 def sweep(spec: SweepSpec) -> list[dict]:
     """Run the sweep; writes OUTPUT/results.md and .json, and the best student to OUTPUT/best/student."""
     import mlflow
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from orchestrator.preflight import ensure_teacher, preflight
     from orchestrator.role_group import cluster_nodes, connect, trial_bundles
@@ -159,13 +170,12 @@ def sweep(spec: SweepSpec) -> list[dict]:
     output = spec.output
     output.mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(run_name=f"sweep-{output.name}") as parent:
-        mlflow.log_params({"sweep.num_samples": spec.num_samples, **{f"sweep.space.{k}": json.dumps(v) for k, v in spec.space.items()}})
-        scheduler = ASHAScheduler(time_attr="generator_steps", max_t=base.generator_steps, grace_period=base.eval_every or base.generator_steps, reduction_factor=2)
+        mlflow.log_params({"sweep.num_samples": spec.num_samples, "sweep.early_stopping": spec.early_stopping, **{f"sweep.space.{k}": json.dumps(v) for k, v in spec.space.items()}})
         trainable = tune.with_parameters(run_trial, spec=spec, parent_run_id=parent.info.run_id, tracking_uri=uri)
         tuner = tune.Tuner(
             tune.with_resources(trainable, tune.PlacementGroupFactory(bundles)),
             param_space=tune_space(spec.space),
-            tune_config=tune.TuneConfig(metric="fd", mode="min", scheduler=scheduler, num_samples=spec.num_samples),
+            tune_config=tune.TuneConfig(metric="fd", mode="min", scheduler=trial_scheduler(base, spec.early_stopping), num_samples=spec.num_samples),
             run_config=tune.RunConfig(name="tune", storage_path=str(output), verbose=1),
         )
         results = tuner.fit()

@@ -27,7 +27,7 @@ def test_a_two_trial_sweep_of_whole_distillations_nests_their_mlflow_runs_and_ex
     half = "{cpus_per_rank: 0.5, threads_per_rank: 1}"
     overrides = [f"teacher={tiny_teacher / 'teacher'}", f"data={tiny_teacher / 'data'}", "generator_steps=2",
                  "roles.critic.optimizer.learning_rate=1.0e-4", f"roles.teacher={half}", f"roles.critic={half}", f"roles.generator={half}"]
-    spec = SweepSpec(CONFIGS / "tiny.yaml", overrides, {"dmd2.critic_updates_per_generator_update": {"grid": [1, 2]}}, tmp_path / "sweep", num_samples=1)
+    spec = SweepSpec(CONFIGS / "tiny.yaml", overrides, {"dmd2.critic_updates_per_generator_update": {"grid": [1, 2]}}, tmp_path / "sweep", num_samples=1, early_stopping=False)
     rows = sweep(spec)
 
     assert len(rows) == 2 and {r["dmd2.critic_updates_per_generator_update"] for r in rows} == {1, 2}
@@ -38,7 +38,7 @@ def test_a_two_trial_sweep_of_whole_distillations_nests_their_mlflow_runs_and_ex
     experiment = client.get_experiment_by_name("flashdistill")
     [parent] = client.search_runs([experiment.experiment_id], "attributes.run_name = 'sweep-sweep'")
     trials = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(trials) == 2
+    assert len(trials) == 2 and parent.data.params["sweep.early_stopping"] == "False"
     for run in trials:
         trial = tmp_path / "sweep" / "trials" / run.info.run_name.rsplit("-", 1)[1]
         summary = json.loads((trial / "summary.json").read_text())
@@ -51,3 +51,15 @@ def test_a_two_trial_sweep_of_whole_distillations_nests_their_mlflow_runs_and_ex
         assert {"student_grid.png", "config.yaml", "summary.json", "student"} <= artifacts, artifacts
         assert sample_from_folder(trial / "student", 2, 4, seed=0).network_passes == 2
     assert parent.data.metrics["best_fd"] == pytest.approx(rows[0]["fd"])
+
+
+def test_early_stopping_is_asha_from_the_first_evaluation_and_off_is_fifo():
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from orchestrator.config import DistillConfig
+    from orchestrator.config_loading import load_config
+    from orchestrator.sweep import trial_scheduler
+
+    base = load_config(DistillConfig, CONFIGS / "digits.yaml", [])
+    assert isinstance(trial_scheduler(base, True), ASHAScheduler)
+    assert type(trial_scheduler(base, False)) is FIFOScheduler
