@@ -35,13 +35,15 @@ def in_process_roles(config, num_train_timesteps: int):
 def in_process_cycle(teacher, critic, generator, config, step: int) -> None:
     from workers.messages import GenerateRequest
 
-    overlap = config.dmd2.last_critic_update == "with_generator"  # the same order as orchestrator.distill.cycle
-    for i in range(config.dmd2.critic_updates_per_generator_update - overlap):
-        critic.train_step(step * 1000 + i, generator.generate(GenerateRequest(step * 1000 + i, 0, keep_graph=False, shards=1)))
-    fake = generator.generate(GenerateRequest(step * 1000 + 999, 0, keep_graph=True, shards=1))
+    from orchestrator.distill import cycle_seeds
+
+    seeds = cycle_seeds(config, step)  # the same updates in the same order as orchestrator.distill.cycle
+    for seed in seeds.fresh:
+        critic.train_step(seed, generator.generate(GenerateRequest(seed, 0, keep_graph=False, shards=1)))
+    fake = generator.generate(GenerateRequest(seeds.generator, 0, keep_graph=True, shards=1))
     generator.update(1, teacher.answer(fake), critic.feedback(fake))
-    if overlap:
-        critic.train_step(step * 1000 + 998, fake)
+    if seeds.beside_generator is not None:
+        critic.train_step(seeds.beside_generator, fake)
 
 
 def main() -> None:

@@ -5,7 +5,8 @@
 
 Trials run inside their own placement groups (a bundle per role rank plus the trial's driver),
 report FD to an ASHA scheduler at every evaluation (`--no-early-stopping`: every trial runs to the
-end), and log nested MLflow runs under one sweep run. OUTPUT/results.md ranks the trials; the best student is copied to OUTPUT/best/student.
+end), and log nested MLflow runs under one sweep run. OUTPUT/results.md ranks the trials; the best
+student is copied to OUTPUT/best/student.
 """
 
 import argparse

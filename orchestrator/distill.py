@@ -176,6 +176,25 @@ def draw_student_step(rng: np.random.Generator, steps: int, weights: list[float]
     return int(rng.choice(steps, p=np.asarray(weights, dtype=float) / sum(weights)))
 
 
+@dataclass
+class CycleSeeds:
+    """The sampling seeds of one TTUR cycle, in the order its updates are queued."""
+
+    fresh: list[int]
+    """Critic updates on fresh samples, before the generator's update."""
+    generator: int
+    """The generator's update batch."""
+    beside_generator: int | None
+    """The critic update on the generator's own batch, beside its update (with_generator); None: before_generator."""
+
+
+def cycle_seeds(config: DistillConfig, step: int) -> CycleSeeds:
+    """Which critic updates of cycle `step` train on fresh samples and which beside the generator's."""
+    beside = config.dmd2.last_critic_update == "with_generator"
+    fresh = [step * 1000 + i for i in range(config.dmd2.critic_updates_per_generator_update - beside)]
+    return CycleSeeds(fresh, step * 1000 + 999, step * 1000 + 998 if beside else None)
+
+
 def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Generator) -> dict[str, float]:
     """One TTUR cycle: N critic updates and one generator update. DMD2's release order (the default,
     dmd2.last_critic_update=with_generator): N - 1 critic updates on fresh samples, the generator's update
@@ -194,22 +213,21 @@ def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Genera
 
     # Critic updates on fresh samples. The generator's weights are fixed until its update, so all
     # requests go out at once and the actors' queues pipeline them: equal to the plain schedule.
-    overlap = config.dmd2.last_critic_update == "with_generator"
+    seeds = cycle_seeds(config, step)
     critic_refs = []
-    for i in range(config.dmd2.critic_updates_per_generator_update - overlap):
-        seed = step * 1000 + i
+    for seed in seeds.fresh:
         critic_refs += train_critic(seed, generate(groups, GenerateRequest(seed, draw_k(), keep_graph=False, shards=per_generator_rank)))
 
     # Generator update: samples with graph; teacher and critic answer per shard, in parallel.
-    fakes = generate(groups, GenerateRequest(step * 1000 + 999, draw_k(), keep_graph=True, shards=per_generator_rank))
+    fakes = generate(groups, GenerateRequest(seeds.generator, draw_k(), keep_graph=True, shards=per_generator_rank))
     teacher_answers = [groups.teacher.actors[i * groups.teacher.ranks // len(fakes)].answer.remote(f) for i, f in enumerate(fakes)]
     feedback = [groups.critic.actors[i * groups.critic.ranks // len(fakes)].feedback.remote(f) for i, f in enumerate(fakes)]
     generator_refs = [
         actor.update.remote(per_generator_rank, *own_answers, *own_feedback)
         for actor, own_answers, own_feedback in zip(groups.generator.actors, assign(teacher_answers, groups.generator.ranks), assign(feedback, groups.generator.ranks))
     ]
-    if overlap:  # queued behind its feedback, it runs while the generator updates: off the critical path
-        critic_refs += train_critic(step * 1000 + 998, fakes)
+    if seeds.beside_generator is not None:  # queued behind its feedback, it runs while the generator updates: off the critical path
+        critic_refs += train_critic(seeds.beside_generator, fakes)
     results = ray.get(generator_refs + critic_refs, timeout=config.fault_tolerance.cycle_timeout_s)
     return mean_metrics(results)
 
