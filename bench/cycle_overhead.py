@@ -14,17 +14,19 @@ import numpy as np
 
 
 def in_process_roles(config, num_train_timesteps: int):
-    """Teacher, critic and generator as plain objects in this process (one gloo world of size 1), each using every core."""
+    """Teacher, critic and generator as plain objects in this process (one gloo world of size 1), on every core."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29631", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    from orchestrator.distill import role_setups
-    from workers.critic import Critic
-    from workers.deepspeed_setup import import_deepspeed
-    from workers.generator import Generator
-    from workers.teacher import Teacher
+    from orchestrator.setups import role_setups
+    from workers.parallel.deepspeed import import_deepspeed
+    from workers.roles.critic import Critic
+    from workers.roles.generator import Generator
+    from workers.roles.teacher import Teacher
 
     import_deepspeed().init_distributed(dist_backend="gloo", verbose=False)
     teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
-    teacher, critic, generator = (role(0, 1, os.cpu_count() or 1, config.seed, run=None) for role in (Teacher, Critic, Generator))
+    teacher, critic, generator = (
+        role(0, 1, os.cpu_count() or 1, config.seed, run=None) for role in (Teacher, Critic, Generator)
+    )
     teacher_dir = str(Path(config.teacher).resolve())
     teacher.setup(teacher_dir, teacher_setup)
     critic.setup(teacher_dir, critic_setup, real_data=None)
@@ -33,17 +35,16 @@ def in_process_roles(config, num_train_timesteps: int):
 
 
 def in_process_cycle(teacher, critic, generator, config, step: int) -> None:
-    from workers.messages import GenerateRequest
+    from orchestrator.cycle import cycle_keys
+    from workers.roles.messages import GenerateRequest
 
-    from orchestrator.distill import cycle_seeds
-
-    seeds = cycle_seeds(config, step)  # the same updates in the same order as orchestrator.distill.cycle
-    for seed in seeds.fresh:
-        critic.train_step(seed, generator.generate(GenerateRequest(seed, 0, keep_graph=False, shards=1)))
-    fake = generator.generate(GenerateRequest(seeds.generator, 0, keep_graph=True, shards=1))
+    keys = cycle_keys(config, step)  # the same updates in the same order as orchestrator.cycle.cycle
+    for key in keys.fresh:
+        critic.train_step(key, generator.generate(GenerateRequest(key, 0, keep_graph=False, shards=1)))
+    fake = generator.generate(GenerateRequest(keys.generator, 0, keep_graph=True, shards=1))
     generator.update(1, teacher.answer(fake), critic.feedback(fake))
-    if seeds.beside_generator is not None:
-        critic.train_step(seeds.beside_generator, fake)
+    if keys.beside_generator is not None:
+        critic.train_step(keys.beside_generator, fake)
 
 
 def main() -> None:
@@ -52,7 +53,9 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override digits.yaml, as in jobs.distill")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override digits.yaml, as in jobs.distill"
+    )
     args = parser.parse_args()
 
     import ray
@@ -60,10 +63,11 @@ def main() -> None:
     from orchestrator.config import DistillConfig
     from orchestrator.config_loading import load_config
     from orchestrator.distill import cycle, mean_metrics, start_roles
-    from orchestrator.role_group import connect
+    from orchestrator.placement import connect
 
     # The GAN is off here: real-data streaming is measured with the roles, not with the cycle math.
-    config = load_config(DistillConfig, Path("jobs/configs/digits.yaml"), [f"teacher={args.teacher}", f"batch_size={args.batch}", "dmd2.gan_generator_weight=0", *args.set])
+    overrides = [f"teacher={args.teacher}", f"batch_size={args.batch}", "dmd2.gan_generator_weight=0", *args.set]
+    config = load_config(DistillConfig, Path("jobs/configs/digits.yaml"), overrides)
     connect(4)
     groups = start_roles(config, 1000)
     cycle(groups, config, 0, np.random.default_rng(0))  # warm-up
@@ -86,9 +90,13 @@ def main() -> None:
 
     busy = sum(compute.values())
     result = {
-        "batch": args.batch, "critic_updates_per_generator_update": config.dmd2.critic_updates_per_generator_update,
-        "single_process_cycle_s": single_seconds, "role_actor_cycle_s": actor_seconds, "ratio": actor_seconds / single_seconds,
-        "actor_compute_s_per_cycle": compute, "actor_compute_sum_s": busy,
+        "batch": args.batch,
+        "critic_updates_per_generator_update": config.dmd2.critic_updates_per_generator_update,
+        "single_process_cycle_s": single_seconds,
+        "role_actor_cycle_s": actor_seconds,
+        "ratio": actor_seconds / single_seconds,
+        "actor_compute_s_per_cycle": compute,
+        "actor_compute_sum_s": busy,
         "transport_and_waiting_s": actor_seconds - busy,
     }
     print(json.dumps(result, indent=2))

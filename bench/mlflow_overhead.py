@@ -19,8 +19,34 @@ from contextlib import ExitStack
 from pathlib import Path
 
 # The keys a digits run logs each time (generator, critic, guard and per-role seconds).
-KEYS = [f"generator/{k}" for k in ("dm_loss", "gan_loss", "grad_norm", "lr", "sample_mean", "sample_std", "skipped_steps", "steps_per_second", "update_seconds", "generate_seconds")]
-KEYS += [f"critic/{k}" for k in ("denoising_loss", "discriminator_loss", "grad_norm", "logits_fake", "logits_real", "skipped_steps", "train_step_seconds", "feedback_seconds")]
+KEYS = [
+    f"generator/{k}"
+    for k in (
+        "dm_loss",
+        "gan_loss",
+        "grad_norm",
+        "lr",
+        "sample_mean",
+        "sample_std",
+        "skipped_steps",
+        "steps_per_second",
+        "update_seconds",
+        "generate_seconds",
+    )
+]
+KEYS += [
+    f"critic/{k}"
+    for k in (
+        "denoising_loss",
+        "discriminator_loss",
+        "grad_norm",
+        "logits_fake",
+        "logits_real",
+        "skipped_steps",
+        "train_step_seconds",
+        "feedback_seconds",
+    )
+]
 KEYS += ["teacher/dm_x0_seconds", "guard/skipped_cycles", "restarts"]
 
 
@@ -29,12 +55,15 @@ def main() -> None:
     parser.add_argument("--logs", type=int, default=300)
     parser.add_argument("--log-every", type=int, default=10, help="generator steps per log (digits.yaml: 10)")
     parser.add_argument("--step-seconds", type=float, default=1.30)
-    parser.add_argument("--server", action="store_true", help="log to a real mlflow server on 127.0.0.1 instead of SQLite")
+    parser.add_argument(
+        "--server", action="store_true", help="log to a real mlflow server on 127.0.0.1 instead of SQLite"
+    )
     args = parser.parse_args()
 
     import mlflow
 
-    from orchestrator.tracking import MetricLogger, local_server
+    from orchestrator.tracking import local_server
+    from workers.metric_logger import MetricLogger
 
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         root = Path(tmp)
@@ -50,9 +79,15 @@ def main() -> None:
         logged = len(client.get_metric_history(run_id, "generator/dm_loss"))
     per_step = seconds / (args.logs * args.log_every)
     result = {
-        "store": "server" if args.server else "sqlite", "logs": args.logs, "metrics_per_log": len(KEYS), "log_every": args.log_every,
-        "seconds_total": seconds, "ms_per_log": 1e3 * seconds / args.logs, "ms_per_generator_step": 1e3 * per_step,
-        "percent_of_step": 100 * per_step / args.step_seconds, "history_points_stored": logged,
+        "store": "server" if args.server else "sqlite",
+        "logs": args.logs,
+        "metrics_per_log": len(KEYS),
+        "log_every": args.log_every,
+        "seconds_total": seconds,
+        "ms_per_log": 1e3 * seconds / args.logs,
+        "ms_per_generator_step": 1e3 * per_step,
+        "percent_of_step": 100 * per_step / args.step_seconds,
+        "history_points_stored": logged,
     }
     print(json.dumps(result, indent=2))
 

@@ -25,10 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from workers.messages import CriticFeedback, GeneratedBatch, TeacherAnswer, as_tensor
+from workers.roles.messages import CriticFeedback, GeneratedBatch, TeacherAnswer, as_tensor
 
 # (batch per generator update, C, H, W): the digits job as shipped, SD1.5 and SDXL latents.
-PRESETS: dict[str, tuple[int, int, int, int]] = {"digits": (64, 1, 8, 8), "sd15": (8, 4, 64, 64), "sdxl": (4, 4, 128, 128)}
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "digits": (64, 1, 8, 8),
+    "sd15": (8, 4, 64, 64),
+    "sdxl": (4, 4, 128, 128),
+}
 # Role pair -> message kind; the critic-update batches are the same kind, sent N times per update.
 PAIRS: dict[str, str] = {
     "generator->critic (critic updates)": "batch",
@@ -46,7 +50,7 @@ def message(kind: str, shape: tuple[int, int, int, int], srl: bool, gan: bool, s
     image = lambda: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
     ints = lambda: rng.integers(0, 1000, shape[0], dtype=np.int64)  # noqa: E731
     if kind == "batch":
-        return GeneratedBatch(image(), image(), ints(), ints(), ints(), seed)
+        return GeneratedBatch(image(), image(), ints(), ints(), ints(), (seed,))
     if kind == "answer":
         return TeacherAnswer(image(), image() if srl else None)
     return CriticFeedback(image(), image() if gan else None, 0.0)
@@ -85,7 +89,9 @@ def make_actor_class():
 
         def use(self, msg: Any) -> float:
             # Touch every byte as the generator/teacher/critic do: to torch (copy when read-only), then reduce.
-            return float(sum(float(as_tensor(a).sum()) if isinstance(a, np.ndarray) else float(a.sum()) for a in arrays(msg)))
+            return float(
+                sum(float(as_tensor(a).sum()) if isinstance(a, np.ndarray) else float(a.sum()) for a in arrays(msg))
+            )
 
         def noop(self) -> None:
             return None
@@ -106,7 +112,9 @@ def timed_ms(call, repeats: int, warmup: int) -> list[float]:
     return out
 
 
-def measure(sender, receiver, kind: str, shape, srl: bool, gan: bool, transport: str, repeats: int, warmup: int) -> list[float]:
+def measure(
+    sender, receiver, kind: str, shape, srl: bool, gan: bool, transport: str, repeats: int, warmup: int
+) -> list[float]:
     import ray
 
     make = sender.make if transport == "object_store" else sender.make_rdt
@@ -126,7 +134,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--critic-updates", type=int, default=5)
-    parser.add_argument("--no-srl", action="store_true", help="TeacherAnswer without srl_target (the one-step digits job)")
+    parser.add_argument(
+        "--no-srl", action="store_true", help="TeacherAnswer without srl_target (the one-step digits job)"
+    )
     parser.add_argument("--no-gan", action="store_true", help="CriticFeedback without gan_grad")
     parser.add_argument("--compute-json", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -150,8 +160,18 @@ def main() -> None:
     empty = timed_ms(lambda i: (receiver.noop.remote(), time.perf_counter()), args.repeats, args.warmup)
     for preset in args.preset or list(PRESETS):
         shape = PRESETS[preset]
-        rows.append({"preset": preset, "pair": "empty call", "transport": "-", "messages": 1, "bytes_per_update": 0,
-                     "median_ms": float(np.median(empty)), "p90_ms": float(np.percentile(empty, 90)), "ms_per_update": float(np.median(empty))})
+        rows.append(
+            {
+                "preset": preset,
+                "pair": "empty call",
+                "transport": "-",
+                "messages": 1,
+                "bytes_per_update": 0,
+                "median_ms": float(np.median(empty)),
+                "p90_ms": float(np.percentile(empty, 90)),
+                "ms_per_update": float(np.median(empty)),
+            }
+        )
         for pair, kind in PAIRS.items():
             count = args.critic_updates if "critic updates" in pair else 1
             size = nbytes(message(kind, shape, srl, gan, 0)) * count
@@ -164,9 +184,17 @@ def main() -> None:
                     rdt_error = rdt_error or f"{preset}/{pair}: {type(error).__name__}: {error}"
                     continue
                 per_update = float(np.median(ms)) * count
-                row = {"preset": preset, "pair": pair, "transport": transport, "messages": count, "bytes_per_update": size,
-                       "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "ms_per_update": per_update,
-                       "mb_per_s": size / 1e6 / (per_update / 1e3)}
+                row = {
+                    "preset": preset,
+                    "pair": pair,
+                    "transport": transport,
+                    "messages": count,
+                    "bytes_per_update": size,
+                    "median_ms": float(np.median(ms)),
+                    "p90_ms": float(np.percentile(ms, 90)),
+                    "ms_per_update": per_update,
+                    "mb_per_s": size / 1e6 / (per_update / 1e3),
+                }
                 if pair in compute:
                     row["transport_over_compute"] = per_update / 1e3 / compute[pair]
                 rows.append(row)
@@ -175,15 +203,30 @@ def main() -> None:
     print("| preset | role pair | transport | msgs | MB/update | median ms/msg | p90 ms/msg | ms/update | MB/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['pair']} | {r['transport']} | {r['messages']} | {r['bytes_per_update'] / 1e6:.3f} | "
-              f"{r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['ms_per_update']:.2f} | {r.get('mb_per_s', 0.0):.0f} |")
+        print(
+            f"| {r['preset']} | {r['pair']} | {r['transport']} | {r['messages']} | {r['bytes_per_update'] / 1e6:.3f} | "
+            f"{r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['ms_per_update']:.2f} | {r.get('mb_per_s', 0.0):.0f} |"
+        )
     for preset in args.preset or list(PRESETS):
-        totals = {t: sum(r["ms_per_update"] for r in rows if r["preset"] == preset and r["transport"] == t) for t in TRANSPORTS}
-        print(f"{preset}: ms per generator update (all pairs, serial sum): " + ", ".join(f"{t} {v:.1f}" for t, v in totals.items()))
+        totals = {
+            t: sum(r["ms_per_update"] for r in rows if r["preset"] == preset and r["transport"] == t)
+            for t in TRANSPORTS
+        }
+        print(
+            f"{preset}: ms per generator update (all pairs, serial sum): "
+            + ", ".join(f"{t} {v:.1f}" for t, v in totals.items())
+        )
     if rdt_error:
         print(f"RDT error: {rdt_error}")
-    result = {"presets": {p: PRESETS[p] for p in args.preset or PRESETS}, "critic_updates": args.critic_updates, "srl": srl, "gan": gan,
-              "repeats": args.repeats, "rows": rows, "rdt_error": rdt_error}
+    result = {
+        "presets": {p: PRESETS[p] for p in args.preset or PRESETS},
+        "critic_updates": args.critic_updates,
+        "srl": srl,
+        "gan": gan,
+        "repeats": args.repeats,
+        "rows": rows,
+        "rdt_error": rdt_error,
+    }
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
 

@@ -1,4 +1,4 @@
-"""The demo: digits data, a teacher, a one-step DMD2 student and a four-step DMD2 + SRL student, and one table comparing them.
+"""The demo: digits, a teacher, a one-step DMD2 student, a four-step DMD2 + SRL student, one table of them.
 
     python -m jobs.demo [--root runs/demo] [--fresh]
 
@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 from jobs.cli import run_main
-from jobs.report import format_table, timed
 from orchestrator.config import DistillConfig, TeacherTrainingConfig
 from orchestrator.config_loading import load_config
+from orchestrator.report import format_table, timed
 from workers.errors import UserError
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -22,10 +22,19 @@ CONFIGS = Path(__file__).parent / "configs"
 # it from FD 4.04 to 3.60 (mean of 5 sampling seeds; each pair of them measured worse), DMD2's order at
 # ratio 6 to 3.18 (README, "The four-step student"): later steps match the DM loss only below their
 # input's timestep, the last step trains half the time, and the DM loss's teacher guides with CFG 1.5.
-FOUR_STEPS = ["student.timesteps=[999,749,499,249]", "dmd2.critic_updates_per_generator_update=6", "student.sampler=noise_corrected_ddim",
-              "dmd2.dm_timesteps=below_input", "student.step_weights=[1,1,1,3]", "dmd2.guidance_scale=1.5",
-              "dmd2.gan_generator_weight=3.0e-3", "imagine_flash.srl_weight=0.25", "imagine_flash.srl_teacher_steps=2", "imagine_flash.gamma_jitter=10",
-              "imagine_flash.srl_guidance_scale=1.5"]
+FOUR_STEPS = [
+    "student.timesteps=[999,749,499,249]",
+    "dmd2.critic_updates_per_generator_update=6",
+    "student.sampler=noise_corrected_ddim",
+    "dmd2.dm_timesteps=below_input",
+    "student.step_weights=[1,1,1,3]",
+    "dmd2.guidance_scale=1.5",
+    "dmd2.gan_generator_weight=3.0e-3",
+    "imagine_flash.srl_weight=0.25",
+    "imagine_flash.srl_teacher_steps=2",
+    "imagine_flash.gamma_jitter=10",
+    "imagine_flash.srl_guidance_scale=1.5",
+]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -34,15 +43,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--data", type=Path, default=Path("runs/data/digits"))
     parser.add_argument("--fresh", action="store_true", help="redo every step even when its output exists")
     parser.add_argument("--num", type=int, default=1000, help="samples per evaluated row and seed")
-    parser.add_argument("--seeds", type=int, default=5, help="sampling seeds per row: the table shows their mean FD ± std")
+    parser.add_argument(
+        "--seeds", type=int, default=5, help="sampling seeds per row: the table shows their mean FD ± std"
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.num < 10:
-        raise UserError(f"--seeds {args.seeds} --num {args.num}: evaluate at least one seed of at least 10 samples (defaults: 5 and 1000)")
+        raise UserError(
+            f"--seeds {args.seeds} --num {args.num}: evaluate at least one seed of at least 10 samples (defaults: 5 "
+            f"and 1000)"
+        )
     if args.fresh:
         shutil.rmtree(args.root, ignore_errors=True)
     timings: dict[str, float] = {}
     from orchestrator.distill import role_cpus
-    from orchestrator.role_group import connect
+    from orchestrator.placement import connect
 
     # One Ray cluster for every stage, sized for the largest (three role groups at once).
     connect(role_cpus(load_config(DistillConfig, CONFIGS / "digits.yaml")))
@@ -54,9 +68,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     teacher = args.root / "teacher"
     with timed(timings, "teacher"):
         if not teacher.exists():
-            from orchestrator.teacher_training import train_teacher
+            from orchestrator.teacher_trainer import train_teacher
 
-            train_teacher(load_config(TeacherTrainingConfig, CONFIGS / "teacher_digits.yaml", [f"data={args.data}", f"output={teacher}"]))
+            train_teacher(
+                load_config(
+                    TeacherTrainingConfig, CONFIGS / "teacher_digits.yaml", [f"data={args.data}", f"output={teacher}"]
+                )
+            )
     students = {"student": None, "student4": FOUR_STEPS}
     for name, overrides in students.items():
         with timed(timings, name):
@@ -83,17 +101,20 @@ def distill_student(args, teacher: Path, destination: Path, extra: list[str] | N
 
 
 def evaluate_rows(args, teacher: Path) -> list[dict]:
-    from orchestrator.student import StudentEvaluator
-    from workers.data import read_arrays
-    from workers.images import save_grid
-    from workers.inference import sample_from_folder
+    from workers.data.shards import read_arrays
+    from workers.evaluation.students import StudentEvaluator
 
     evaluate = StudentEvaluator(read_arrays(args.data), args.num, repeats=args.seeds)
     rows = []
-    for name, folder, steps in [("teacher, 50 DDIM steps", teacher, 50), ("teacher, 4 DDIM steps", teacher, 4), ("student, 1 step", args.root / "student", None), ("student, 4 steps", args.root / "student4", None)]:
+    models = [
+        ("teacher, 50 DDIM steps", teacher, 50),
+        ("teacher, 4 DDIM steps", teacher, 4),
+        ("student, 1 step", args.root / "student", None),
+        ("student, 4 steps", args.root / "student4", None),
+    ]
+    for name, folder, steps in models:
         rows.append({"model": name, **evaluate(folder, steps)})
-        grid = args.root / "grids" / (name.replace(", ", "_").replace(" ", "_") + ".png")
-        save_grid(sample_from_folder(folder, steps, 100, 0).images, grid)
+        evaluate.grid(folder, args.root / "grids" / (name.replace(", ", "_").replace(" ", "_") + ".png"), steps)
     return rows
 
 

@@ -1,11 +1,15 @@
-"""Score generated 8x8 digits against real ones with the project's yardstick.
+"""Score generated images against real ones with the project's yardstick.
 
     python -m jobs.evaluate --samples samples.npz [--reference-points] [--json out.json]
     python -m jobs.evaluate --model runs/student [--steps 1] [--num 1000] [--seed 0]
     python -m jobs.evaluate --reference-points [--num 1000]   # only the reference rows
+    python -m jobs.evaluate --data runs/data/fashion-mnist --model runs/fashion/student1 --fd-at 5000
 
-See `workers/evaluation.py` for what the metrics mean. The yardstick classifiers are trained on
-first use (seconds) and cached under --yardstick-cache.
+--data is a prepared data set folder (default: the bundled digits). One with train/ and test/
+sub-folders (Fashion-MNIST) trains the yardstick on train/ and compares with test/; its reference
+rows are then N training images against the test set, at the same sample counts as the model.
+See `workers/evaluation/quality.py` for what the metrics mean. The yardstick classifiers are
+trained on first use (seconds for digits, minutes for Fashion-MNIST) and cached under --yardstick-cache.
 """
 
 import argparse
@@ -15,26 +19,26 @@ from pathlib import Path
 import numpy as np
 
 from jobs.cli import run_main
-from workers.data import ImageArrays, digits_arrays
+from workers.data.shards import ImageArrays
+from workers.data.sources import digits_arrays
 from workers.errors import DataError
-from workers.evaluation import (
-    check_inception_weights,
-    evaluate_images,
-    inception_fid,
-    load_or_train_yardstick,
-    reference_points,
-)
-
-DEFAULT_YARDSTICK_CACHE = Path("runs/yardstick")
+from workers.evaluation.inception import check_inception_weights, inception_fid
+from workers.evaluation.quality import ReferenceSet, evaluate_at_sizes, real_data_row, reference_points
+from workers.evaluation.yardstick import DEFAULT_CACHE, load_or_train_yardstick
 
 
-def load_reference(data_dir: Path | None) -> ImageArrays:
-    """The real images to compare with: a Parquet data set folder, or the bundled digits."""
+def load_reference(
+    data_dir: Path | None, yardstick_cache: Path = DEFAULT_CACHE
+) -> tuple[ReferenceSet, ImageArrays | None]:
+    """The real images to compare with, on their yardstick, and the training split when there is one."""
     if data_dir is None:
-        return digits_arrays()
-    from workers.data import read_arrays  # lazily: only needed for a user data set
+        train, test = digits_arrays(), None
+    else:
+        from workers.data.shards import read_splits  # lazily: only needed for a user data set
 
-    return read_arrays(Path(data_dir))
+        train, test = read_splits(Path(data_dir))
+    yardstick = load_or_train_yardstick(train, test, yardstick_cache)
+    return ReferenceSet(train if test is None else test, yardstick), None if test is None else train
 
 
 def read_samples_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -62,16 +66,18 @@ def evaluate_samples(
     labels: np.ndarray | None,
     data_dir: Path | None = None,
     inception_weights: Path | None = None,
-    yardstick_cache: Path = DEFAULT_YARDSTICK_CACHE,
+    yardstick_cache: Path = DEFAULT_CACHE,
+    num: int | None = None,
+    fd_sizes: tuple[int, ...] = (),
 ) -> dict[str, float | None]:
-    """The yardstick metrics of (K, C, H, W) images in [-1, 1]; with Inception FID if weights are given."""
+    """The yardstick metrics of the first `num` (K, C, H, W) images in [-1, 1] (all by default) and the FD
+    of the first N for each N in `fd_sizes`; with Inception FID if weights are given."""
     if inception_weights is not None:
         check_inception_weights(inception_weights)
-    reference = load_reference(data_dir)
-    yardstick = load_or_train_yardstick(yardstick_cache)
-    metrics = evaluate_images(images, labels, reference, yardstick)
+    reference, _ = load_reference(data_dir, yardstick_cache)
+    metrics = evaluate_at_sizes(images, labels, reference, num or len(images), fd_sizes)
     if inception_weights is not None:
-        metrics["inception_fid"] = inception_fid(images, reference.images, Path(inception_weights))
+        metrics["inception_fid"] = inception_fid(images, reference.arrays.images, Path(inception_weights))
     return metrics
 
 
@@ -102,18 +108,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--samples", type=Path, help=".npz with 'images' (K,C,H,W) in [-1,1] and optional 'labels'")
     source.add_argument("--model", type=Path, help="a model folder to sample from")
     parser.add_argument("--steps", type=int, help="sampler steps for --model (default: the model's own)")
-    parser.add_argument("--num", type=int, default=1000, help="images to sample (or per reference row, alone)")
+    parser.add_argument(
+        "--num", type=int, default=1000, help="images to sample and score (or per reference row, alone)"
+    )
+    parser.add_argument(
+        "--fd-at",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="also the FD of N images (sampled or read beyond --num), e.g. --fd-at 5000",
+    )
+    parser.add_argument(
+        "--sampler", choices=["ddim", "dpm_solver"], default="ddim", help="a teacher's sampler for --model"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling and the reference points")
     parser.add_argument("--data", type=Path, help="a Parquet data set folder (default: the bundled digits)")
     parser.add_argument("--inception-weights", type=Path, help="local Inception v3 weights for classic FID")
     parser.add_argument("--reference-points", action="store_true", help="also score known image sets")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    parser.add_argument("--yardstick-cache", type=Path, default=DEFAULT_YARDSTICK_CACHE, help="yardstick folder")
+    parser.add_argument("--yardstick-cache", type=Path, default=DEFAULT_CACHE, help="yardstick folder")
     args = parser.parse_args(argv)
     if args.samples is None and args.model is None and not args.reference_points:
         parser.error("pass --samples FILE.npz or --model DIR (or only --reference-points)")
-    if args.num < 1:
-        parser.error("--num must be at least 1")
+    if args.num < 1 or any(n < 1 for n in args.fd_at):
+        parser.error("--num and --fd-at must be at least 1")
     return args
 
 
@@ -127,9 +146,19 @@ def score_source(args: argparse.Namespace) -> dict:
     else:
         from jobs.sample import sample_from_folder  # lazily: it pulls in the model stack
 
-        result = sample_from_folder(args.model, steps=args.steps, num=args.num, seed=args.seed)
+        result = sample_from_folder(
+            args.model, args.steps, max([args.num, *args.fd_at]), args.seed, sampler=args.sampler
+        )
         images, labels, seconds_per_image = result.images, result.labels, result.seconds_per_image
-    metrics = evaluate_samples(images, labels, args.data, args.inception_weights, args.yardstick_cache)
+    metrics = evaluate_samples(
+        images,
+        labels,
+        args.data,
+        args.inception_weights,
+        args.yardstick_cache,
+        args.num if args.model is not None else None,
+        tuple(args.fd_at),
+    )
     if seconds_per_image is not None:
         metrics["seconds_per_image"] = seconds_per_image
     return {"source": str(args.samples or args.model), "num_images": len(images), "metrics": metrics}
@@ -144,9 +173,14 @@ def main(argv: list[str] | None = None) -> dict:
         columns["value"] = results["metrics"]
     if args.reference_points:
         # As many images as were evaluated, so the reference rows share their sample-size bias.
-        num = results.get("num_images", args.num)
-        yardstick = load_or_train_yardstick(args.yardstick_cache)
-        results["reference_points"] = reference_points(load_reference(args.data), yardstick, num, args.seed)
+        num = min(results.get("num_images", args.num), args.num)
+        reference, train = load_reference(args.data, args.yardstick_cache)
+        if train is None:
+            results["reference_points"] = reference_points(reference, num, args.seed)
+        else:  # a test split: the floor is as many training images against it
+            results["reference_points"] = {
+                "real_train_images": real_data_row(train, reference, num, args.seed, tuple(args.fd_at))
+            }
         columns |= results["reference_points"]
     print(format_table(columns))
     if args.json is not None:

@@ -18,14 +18,40 @@ from jobs.cli import run_main
 from workers.errors import ConfigError
 
 LAYOUTS = ("sd15", "sdxl")
-SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-            "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "steps_offset": 1}
+SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+}
 TEXT_WIDTH = 32  # hidden size of each CLIP text encoder, and the second encoder's projection
 MAX_TOKENS = 16
 # Whole words get merges so that prompts such as "a handwritten digit 7" fit in MAX_TOKENS;
 # any other text still tokenizes (character by character) without unknown tokens.
-WORDS = ("a", "an", "the", "of", "photo", "image", "picture", "handwritten", "digit", "number",
-         "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+WORDS = (
+    "a",
+    "an",
+    "the",
+    "of",
+    "photo",
+    "image",
+    "picture",
+    "handwritten",
+    "digit",
+    "number",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+)
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -72,10 +98,17 @@ def _text_encoder(tokenizer, seed: int, with_projection: bool):  # -> CLIPTextMo
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=32, projection_dim=TEXT_WIDTH,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        projection_dim=TEXT_WIDTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
@@ -97,15 +130,28 @@ def build_tiny_pipeline(layout: str, seed: int = 0):  # -> StableDiffusion(XL)Pi
     xl = layout == "sdxl"
     torch.manual_seed(seed)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-        latent_channels=4, norm_num_groups=4, sample_size=16,
-        scaling_factor=0.13025 if xl else 0.18215)  # the real SDXL / SD 1.5 VAE factors
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=0.13025 if xl else 0.18215,
+    )  # the real SDXL / SD 1.5 VAE factors
     unet_sizes = {
-        "sample_size": 8, "in_channels": 4, "out_channels": 4, "block_out_channels": (32, 64),
-        "layers_per_block": 1, "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "norm_num_groups": 8,
-        "attention_head_dim": 8}  # diffusers reads this legacy name as the number of heads
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "norm_num_groups": 8,
+        "attention_head_dim": 8,
+    }  # diffusers reads this legacy name as the number of heads
     tokenizer = _tokenizer()
     text_encoder = _text_encoder(tokenizer, seed, with_projection=False)
     if not xl:
@@ -113,21 +159,38 @@ def build_tiny_pipeline(layout: str, seed: int = 0):  # -> StableDiffusion(XL)Pi
         unet = UNet2DConditionModel(**unet_sizes, cross_attention_dim=TEXT_WIDTH)
         scheduler = DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False)
         return StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet.eval(), scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet.eval(),
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     time_dim = 8
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        **unet_sizes, cross_attention_dim=2 * TEXT_WIDTH,  # both encoders' hidden states, concatenated
-        use_linear_projection=True, transformer_layers_per_block=1, addition_embed_type="text_time",
+        **unet_sizes,
+        cross_attention_dim=2 * TEXT_WIDTH,  # both encoders' hidden states, concatenated
+        use_linear_projection=True,
+        transformer_layers_per_block=1,
+        addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
         # six size/crop numbers, each embedded in time_dim, plus the second encoder's pooled text
-        projection_class_embeddings_input_dim=6 * time_dim + TEXT_WIDTH)
+        projection_class_embeddings_input_dim=6 * time_dim + TEXT_WIDTH,
+    )
     scheduler = EulerDiscreteScheduler(**SCHEDULE, timestep_spacing="leading")
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=_text_encoder(tokenizer, seed + 1, True),
-        tokenizer=tokenizer, tokenizer_2=_tokenizer(), unet=unet.eval(), scheduler=scheduler,
-        force_zeros_for_empty_prompt=True)
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=_text_encoder(tokenizer, seed + 1, True),
+        tokenizer=tokenizer,
+        tokenizer_2=_tokenizer(),
+        unet=unet.eval(),
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
 
 
 def make_tiny_teacher(layout: str, out: Path, seed: int = 0, overwrite: bool = False) -> Path:
@@ -137,12 +200,15 @@ def make_tiny_teacher(layout: str, out: Path, seed: int = 0, overwrite: bool = F
         raise ConfigError(f"--out {out} is a file: give a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise ConfigError(f"output folder {out} is not empty: pass --overwrite to replace it, "
-                              "or choose another --out")
+            raise ConfigError(
+                f"output folder {out} is not empty: pass --overwrite to replace it, or choose another --out"
+            )
         # Deleting is only safe for a folder we can tell is a pipeline, never e.g. `--out .`
         if not (out / "model_index.json").is_file():
-            raise ConfigError(f"output folder {out} is not empty and has no model_index.json, so it is "
-                              "not a pipeline folder --overwrite may replace: choose another --out")
+            raise ConfigError(
+                f"output folder {out} is not empty and has no model_index.json, so it is "
+                "not a pipeline folder --overwrite may replace: choose another --out"
+            )
     pipeline = build_tiny_pipeline(layout, seed)
     if out.is_dir():
         shutil.rmtree(out)  # so no stale files of an earlier pipeline survive next to the new ones

@@ -12,11 +12,11 @@ folder is the checkpoint.
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import ray
 
+from orchestrator.progress import Progress
 from workers.errors import UserError
 
 PROGRESS, MANIFEST = "progress.json", "manifest.json"
@@ -26,15 +26,19 @@ class CheckpointError(UserError):
     """A checkpoint folder is incomplete or not a checkpoint."""
 
 
-def save_checkpoint(groups, root: Path, progress, keep: int = 3, timeout_s: float | None = None) -> Path:
-    """Save critic and generator (every rank) and `progress` (an orchestrator.distill.Progress)."""
+def save_checkpoint(groups, root: Path, progress: Progress, keep: int = 3, timeout_s: float | None = None) -> Path:
+    """Save critic and generator (every rank) and `progress`."""
     root = Path(root)
     final = root / f"step-{progress.generator_steps:06d}"
     staging = root / f".staging-{final.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    ray.get(groups.critic.call_async("save", str(staging / "critic")) + groups.generator.call_async("save", str(staging / "generator")), timeout=timeout_s)
-    (staging / PROGRESS).write_text(json.dumps(asdict(progress), indent=2))
+    ray.get(
+        groups.critic.call_async("save", str(staging / "critic"))
+        + groups.generator.call_async("save", str(staging / "generator")),
+        timeout=timeout_s,
+    )
+    progress.save(staging / PROGRESS)
     files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
     (staging / MANIFEST).write_text(json.dumps({"files": files}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
@@ -48,11 +52,16 @@ def verify_checkpoint(path: Path) -> Path:
     """`path` if its manifest lists every file with the right size; else CheckpointError naming what is wrong."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
-        raise CheckpointError(f"checkpoint {path} has no {MANIFEST}: it is incomplete or not a checkpoint; point resume at a complete OUTPUT/checkpoints/step-* folder")
+        raise CheckpointError(
+            f"checkpoint {path} has no {MANIFEST}: it is incomplete or not a checkpoint; point resume at a complete "
+            f"OUTPUT/checkpoints/step-* folder"
+        )
     for name, size in json.loads((path / MANIFEST).read_text())["files"].items():
         file = path / name
         if not file.is_file() or file.stat().st_size != size:
-            raise CheckpointError(f"checkpoint {path} is damaged: {name} is missing or not {size} bytes; resume from an older checkpoint")
+            raise CheckpointError(
+                f"checkpoint {path} is damaged: {name} is missing or not {size} bytes; resume from an older checkpoint"
+            )
     return path
 
 
@@ -66,15 +75,17 @@ def latest_checkpoint(root: Path) -> Path | None:
     return None
 
 
-def read_progress(path: Path):
-    """The Progress (orchestrator.distill) saved with a checkpoint."""
-    from orchestrator.distill import Progress
-
-    return Progress(**json.loads((Path(path) / PROGRESS).read_text()))
+def read_progress(path: Path) -> Progress:
+    """The Progress saved with a checkpoint."""
+    return Progress.load(Path(path) / PROGRESS)
 
 
-def load_checkpoint(groups, path: Path, timeout_s: float | None = None):
+def load_checkpoint(groups, path: Path, timeout_s: float | None = None) -> Progress:
     """Load every trained role's state; returns the Progress saved with it."""
     path = verify_checkpoint(path)
-    ray.get(groups.critic.call_async("load", str(path / "critic")) + groups.generator.call_async("load", str(path / "generator")), timeout=timeout_s)
+    ray.get(
+        groups.critic.call_async("load", str(path / "critic"))
+        + groups.generator.call_async("load", str(path / "generator")),
+        timeout=timeout_s,
+    )
     return read_progress(path)

@@ -58,7 +58,9 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{join(where, unknown[0])}: unknown field; known fields of {where or 'the config'} are {', '.join(fields)}")
+        raise ConfigError(
+            f"{join(where, unknown[0])}: unknown field; known fields of {where or 'the config'} are {', '.join(fields)}"
+        )
     hints = get_type_hints(cls)
     values = {name: convert(hints[name], value, join(where, name)) for name, value in data.items()}
     try:
@@ -88,7 +90,7 @@ def convert(hint: Any, value: Any, where: str) -> Any:
         raise ConfigError(errors[0])
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -99,7 +101,8 @@ def convert(hint: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        item = args[1] if len(args) == 2 else Any
+        return {key: convert(item, v, f"{where}.{key}") for key, v in value.items()}
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -111,7 +114,9 @@ def convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected float, got {value!r}") from None
     if hint is Path and isinstance(value, str):
         return Path(value)
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))):
+    if hint in (int, float, str, bool) and not (
+        isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
+    ):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
 

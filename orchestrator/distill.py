@@ -1,23 +1,25 @@
-"""A DMD2 distillation run: check inputs, start the three role groups, run the TTUR loop, export.
+"""A distillation run: check inputs, start the three role groups, run the TTUR loop, export.
 
-The loop (`run_schedule`) owns the two time-scale schedule: N critic updates per generator update,
-whose DM and GAN gradients come from the teacher and critic groups (`cycle`: DMD2's order, the
-critic's last update overlapping the generator's). Tensors travel between groups as object refs; the driver only sees small metric dicts.
-`run_with_recovery` wraps the loop: a role that dies or hangs restarts every group from the last
-checkpoint.
+`run_schedule` is the loop: one `cycle` (orchestrator/cycle.py) per generator step, then logs,
+evaluations and checkpoints through `Hooks`. `run_with_recovery` wraps it: a role that dies or
+hangs restarts every group from the last checkpoint. `distill` is the whole run, tracked in MLflow.
 """
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from orchestrator.config import DistillConfig
 from orchestrator.config_loading import to_dict
-from orchestrator.preflight import check_inputs, ensure_teacher, preflight
-from orchestrator.role_group import RoleGroup, assign, cluster_nodes, connect, is_role_failure, role_bundle_offsets, shard_count
+from orchestrator.cycle import cycle, mean_metrics
+from orchestrator.placement import PlacementError, cluster_nodes, connect, is_role_failure
+from orchestrator.preflight import check_inputs, ensure_inputs, preflight
+from orchestrator.progress import Progress, oscillation
+from orchestrator.role_group import Roles, start_roles
+from orchestrator.stopping import GracefulStop, StopRequested
 from workers.errors import UserError
 
 
@@ -29,247 +31,79 @@ class RoleFailureError(UserError):
     """Role actors kept failing past fault_tolerance.max_restarts."""
 
 
-@dataclass
-class Roles:
-    teacher: RoleGroup
-    critic: RoleGroup
-    generator: RoleGroup
+class Hooks(Protocol):
+    """What the loop calls out to; each call gets the live groups."""
 
-    def all(self) -> list[RoleGroup]:
-        return [self.teacher, self.critic, self.generator]
+    def on_start(self, groups: Roles) -> None:
+        """The groups have started (first start and every restart)."""
 
-    def shutdown(self) -> None:
-        for group in self.all():
-            group.shutdown()
+    def on_log(self, groups: Roles, step: int, metrics: dict[str, float], progress: Progress) -> None:
+        """Every `log_every` generator steps, with the cycle's metrics and the roles' compute seconds."""
 
+    def on_eval(self, groups: Roles, step: int, progress: Progress) -> None:
+        """Every `eval_every` generator steps."""
 
-@dataclass
-class Progress:
-    """The schedule's state, saved with every checkpoint."""
-
-    generator_steps: int = 0
-    seconds: float = 0.0
-    metrics: dict[str, float] = field(default_factory=dict)
-    evaluations: list[dict] = field(default_factory=list)
-    mlflow_run_id: str | None = None
-    restarts: int = 0
-    """Times the role groups were restarted after a failure, over the whole run."""
-    sample_means: list[float] = field(default_factory=list)
-    """The generated images' mean at every log: the stability signal, summarised by `oscillation`."""
-    nonfinite_in_a_row: int = 0
-    """Cycles in a row in which the numerical guard skipped an update."""
-    skipped_cycles: int = 0
+    def on_checkpoint(self, groups: Roles, step: int, progress: Progress) -> None:
+        """Every `checkpoint_every` generator steps, unless the cycle skipped a non-finite update."""
 
 
-@dataclass
-class Hooks:
-    """What the loop calls out to: logging, evaluation and checkpoints (each gets the live groups)."""
-
-    on_log: object
-    on_eval: object
-    on_checkpoint: object
-    on_start: object = None
-    """Called with the groups each time they have started (first start and restarts)."""
-
-
-def start_roles(config: DistillConfig, num_train_timesteps: int) -> Roles:
-    """Start the teacher, critic and generator groups and load their models."""
-    import ray
-
-    from workers.critic import Critic
-    from workers.generator import Generator
-    from workers.teacher import Teacher
-
-    from ray.util import get_current_placement_group
-
-    roles = config.roles
-    trial = get_current_placement_group()  # inside a Tune trial: its reservation holds every role's bundles
-    offsets = role_bundle_offsets(roles)
-    if trial is not None:
-        # Ray Data's default SPREAD strategy would wait for CPUs outside the trial's reservation
-        # (measured: a sweep hung on its first read); its work goes into the trial's data bundle.
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        context = ray.data.DataContext.get_current()
-        context.scheduling_strategy = context.scheduling_strategy_large_args = PlacementGroupSchedulingStrategy(trial)
-    started: list[RoleGroup] = []
-    try:  # a failure part-way leaves no actor or placement group behind
-        for name, actor_class in (("teacher", Teacher), ("critic", Critic), ("generator", Generator)):
-            reserved = (trial, offsets[name]) if trial is not None else None
-            started.append(RoleGroup(name, actor_class, getattr(roles, name), config.seed, config.placement_timeout_s, run=Path(config.output).name, reserved=reserved))
-        groups = Roles(*(group.join() for group in started))
-        critic_data = real_data_splits(config.data, roles.critic.ranks) if config.dmd2.gan_generator_weight > 0 else [None] * roles.critic.ranks
-        generator_data = real_data_splits(config.data, roles.generator.ranks) if config.student.inputs == "forward_noised" else [None] * roles.generator.ranks
-        teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
-        teacher = str(Path(config.teacher).resolve())
-        ray.get(
-            groups.teacher.call_async("setup", teacher, teacher_setup)
-            + [actor.setup.remote(teacher, critic_setup, split) for actor, split in zip(groups.critic.actors, critic_data)]
-            + [actor.setup.remote(teacher, generator_setup, split) for actor, split in zip(groups.generator.actors, generator_data)],
-            timeout=config.fault_tolerance.cycle_timeout_s,
-        )
-        return groups
-    except BaseException:
-        for group in started:
-            group.shutdown()
-        raise
-
-
-def real_data_splits(path: Path, ranks: int) -> list:
-    """One Ray Data iterator per critic rank, in a fixed order so a resumed run sees the same stream."""
-    from workers.data import ray_dataset
-
-    return ray_dataset(path).materialize().streaming_split(ranks, equal=True)
-
-
-def role_setups(config: DistillConfig, num_train_timesteps: int):
-    """What the teacher, critic and generator need to know, per rank."""
-    from workers.critic import CriticSetup
-    from workers.generator import GeneratorSetup
-    from workers.conditioning import PROMPT_TABLE
-    from workers.models import layout_of
-    from workers.pipelines import LoraSetup
-    from workers.teacher import TeacherSetup
-
-    roles, d, srl, student = config.roles, config.dmd2, config.imagine_flash, config.student
-    # A text-to-image teacher's labels index the data set's prompts, whose embeddings every role reads from one table.
-    prompts = None if layout_of(config.teacher) == "pixels" else str((Path(config.data) / PROMPT_TABLE).resolve())
-    teacher_setup = TeacherSetup(
-        guidance_scale=d.guidance_scale, dm=d.dm_weight > 0, srl=srl.srl_weight > 0, gamma_scale=srl.gamma_scale, gamma_shift=srl.gamma_shift,
-        gamma_jitter=srl.gamma_jitter, srl_teacher_steps=srl.srl_teacher_steps, srl_guidance_scale=srl.srl_guidance_scale,
-        sharding=roles.teacher.sharding, prompts=prompts,
-    )
-    critic_setup = CriticSetup(config.batch_size // roles.critic.ranks, d.gan_discriminator_weight, d.gan_generator_weight, roles.critic.optimizer, roles.critic.sharding,
-                               dm_loss=d.dm_weight > 0, prompts=prompts)
-    generator_setup = GeneratorSetup(
-        timesteps=list(student.timesteps), inputs=student.inputs, sampler=student.sampler, micro_batch=config.batch_size // roles.generator.ranks,
-        dm_t_min=int(d.dm_t_min * num_train_timesteps), dm_t_max=min(int(d.dm_t_max * num_train_timesteps), num_train_timesteps - 1),
-        dm_below_input=d.dm_timesteps == "below_input",
-        dm_weight=d.dm_weight, gan_weight=d.gan_generator_weight, srl_weight=srl.srl_weight,
-        optimizer=roles.generator.optimizer, sharding=roles.generator.sharding,
-        init_from=str(Path(config.generator_init).resolve()) if config.generator_init else None, prompts=prompts,
-        lora=LoraSetup.of(student.lora_rank, student.lora_alpha), ema_decay=student.ema_decay,
-    )
-    return teacher_setup, critic_setup, generator_setup
-
-
-def oscillation(values: list[float]) -> float | None:
-    """Standard deviation of the step-to-step changes of a logged series (0 for a steady or
-    smoothly drifting one): how much the generated mean swings between logs."""
-    return float(np.std(np.diff(values))) if len(values) > 2 else None
-
-
-def generate(groups: Roles, request) -> list:
-    """Ask every generator rank for samples; returns one ref per shard, in rank order."""
-    per_rank = request.shards
-    refs = []
-    for actor in groups.generator.actors:
-        out = actor.generate.options(num_returns=per_rank).remote(request)
-        refs += out if per_rank > 1 else [out]
-    return refs
-
-
-def draw_student_step(rng: np.random.Generator, steps: int, weights: list[float] | None = None) -> int:
-    """k, the student step a generator call trains (or feeds the critic): uniform (DMD2), or by `weights`."""
-    if weights is None:
-        return int(rng.integers(steps))
-    return int(rng.choice(steps, p=np.asarray(weights, dtype=float) / sum(weights)))
-
-
-@dataclass
-class CycleSeeds:
-    """The sampling seeds of one TTUR cycle, in the order its updates are queued."""
-
-    fresh: list[int]
-    """Critic updates on fresh samples, before the generator's update."""
-    generator: int
-    """The generator's update batch."""
-    beside_generator: int | None
-    """The critic update on the generator's own batch, beside its update (with_generator); None: before_generator."""
-
-
-def cycle_seeds(config: DistillConfig, step: int) -> CycleSeeds:
-    """Which critic updates of cycle `step` train on fresh samples and which beside the generator's."""
-    beside = config.dmd2.last_critic_update == "with_generator"
-    fresh = [step * 1000 + i for i in range(config.dmd2.critic_updates_per_generator_update - beside)]
-    return CycleSeeds(fresh, step * 1000 + 999, step * 1000 + 998 if beside else None)
-
-
-def cycle(groups: Roles, config: DistillConfig, step: int, rng: np.random.Generator) -> dict[str, float]:
-    """One TTUR cycle: N critic updates and one generator update. DMD2's release order (the default,
-    dmd2.last_critic_update=with_generator): N - 1 critic updates on fresh samples, the generator's update
-    against that critic, and the N-th critic update on the generator's own batch at the same time as the
-    generator's; before_generator: all N first. Returns the cycle's metrics."""
-    import ray
-
-    from workers.messages import GenerateRequest
-
-    shards = shard_count(*groups.all())
-    per_generator_rank = shards // groups.generator.ranks
-    draw_k = lambda: draw_student_step(rng, len(config.student.timesteps), config.student.step_weights)  # noqa: E731
-
-    def train_critic(seed: int, fakes: list) -> list:
-        return [actor.train_step.remote(seed, *own) for actor, own in zip(groups.critic.actors, assign(fakes, groups.critic.ranks))]
-
-    # Critic updates on fresh samples. The generator's weights are fixed until its update, so all
-    # requests go out at once and the actors' queues pipeline them: equal to the plain schedule.
-    seeds = cycle_seeds(config, step)
-    critic_refs = []
-    for seed in seeds.fresh:
-        critic_refs += train_critic(seed, generate(groups, GenerateRequest(seed, draw_k(), keep_graph=False, shards=per_generator_rank)))
-
-    # Generator update: samples with graph; teacher and critic answer per shard, in parallel.
-    fakes = generate(groups, GenerateRequest(seeds.generator, draw_k(), keep_graph=True, shards=per_generator_rank))
-    teacher_answers = [groups.teacher.actors[i * groups.teacher.ranks // len(fakes)].answer.remote(f) for i, f in enumerate(fakes)]
-    feedback = [groups.critic.actors[i * groups.critic.ranks // len(fakes)].feedback.remote(f) for i, f in enumerate(fakes)]
-    generator_refs = [
-        actor.update.remote(per_generator_rank, *own_answers, *own_feedback)
-        for actor, own_answers, own_feedback in zip(groups.generator.actors, assign(teacher_answers, groups.generator.ranks), assign(feedback, groups.generator.ranks))
-    ]
-    if seeds.beside_generator is not None:  # queued behind its feedback, it runs while the generator updates: off the critical path
-        critic_refs += train_critic(seeds.beside_generator, fakes)
-    results = ray.get(generator_refs + critic_refs, timeout=config.fault_tolerance.cycle_timeout_s)
-    return mean_metrics(results)
-
-
-def mean_metrics(results: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for r in results for k in r}
-    return {k: float(np.mean([r[k] for r in results if k in r])) for k in sorted(keys)}
-
-
-def run_schedule(groups: Roles, config: DistillConfig, progress: Progress, hooks: Hooks) -> Progress:
-    """The TTUR loop from progress.generator_steps to config.generator_steps."""
+def run_schedule(
+    groups: Roles, config: DistillConfig, progress: Progress, hooks: Hooks, stop: GracefulStop | None = None
+) -> Progress:
+    """The TTUR loop from progress.generator_steps to config.generator_steps; `stop.requested` ends it after
+    the current cycle, with a checkpoint."""
     import ray
 
     start = time.perf_counter() - progress.seconds
     guard = config.fault_tolerance
     while progress.generator_steps < config.generator_steps:
         step = progress.generator_steps
+        # One cycle: N critic updates and a generator update.
         metrics = cycle(groups, config, step, np.random.default_rng([config.seed, step]))
+        # The numerical guard: a few skipped updates pass, a run of them stops the run.
         skipped = metrics.get("generator/skipped_steps", 0.0) + metrics.get("critic/skipped_steps", 0.0) > 0
         progress.nonfinite_in_a_row = progress.nonfinite_in_a_row + 1 if skipped else 0
         progress.skipped_cycles += int(skipped)
         if progress.nonfinite_in_a_row >= guard.max_nonfinite_in_a_row:
             raise NumericalError(
-                f"{progress.nonfinite_in_a_row} cycles in a row (up to generator step {step + 1}) had non-finite losses or gradients and were skipped "
-                f"(generator dm_loss {metrics.get('generator/dm_loss')}); lower roles.critic/generator.optimizer.learning_rate or set grad_clip, "
-                "then resume from the last checkpoint (written before the trouble)"
+                f"{progress.nonfinite_in_a_row} cycles in a row (up to generator step {step + 1}) had non-finite "
+                f"losses "
+                f"or gradients and were skipped (generator dm_loss {metrics.get('generator/dm_loss')}); lower "
+                "roles.critic/generator.optimizer.learning_rate or set grad_clip, then resume from the last checkpoint "
+                "(written before the trouble)"
             )
         progress.generator_steps, progress.seconds = step + 1, time.perf_counter() - start
+        progress.critic_updates += int(metrics.pop("critic/updates", 0))
         progress.metrics = metrics | {"guard/skipped_cycles": float(progress.skipped_cycles)}
         done = progress.generator_steps
+        # Log, evaluate, checkpoint.
         if done % config.log_every == 0 or done == config.generator_steps:
-            role_seconds = mean_metrics([s for g in groups.all() for s in ray.get(g.call_async("take_seconds"), timeout=guard.cycle_timeout_s)])
-            hooks.on_log(groups, done, progress.metrics | role_seconds, progress)
+            seconds = [
+                s for g in groups.all() for s in ray.get(g.call_async("take_seconds"), timeout=guard.cycle_timeout_s)
+            ]
+            hooks.on_log(groups, done, progress.metrics | mean_metrics(seconds), progress)
         if config.eval_every and done % config.eval_every == 0 and done < config.generator_steps:
             hooks.on_eval(groups, done, progress)
         # Never checkpoint right after a skipped update: the last good checkpoint stays the newest.
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and not skipped:
+        checkpointed = not skipped and config.checkpoint_every and done % config.checkpoint_every == 0
+        if checkpointed:
             hooks.on_checkpoint(groups, done, progress)
+        if stop is not None and stop.requested and done < config.generator_steps:
+            if not checkpointed and not skipped:
+                hooks.on_checkpoint(groups, done, progress)
+            raise StopRequested(done, stop.signal_name)
     return progress
 
 
-def run_with_recovery(config: DistillConfig, num_train_timesteps: int, checkpoints: Path, progress: Progress, resume_from: Path | None, hooks: Hooks) -> tuple[Roles, Progress]:
+def run_with_recovery(
+    config: DistillConfig,
+    num_train_timesteps: int,
+    checkpoints: Path,
+    progress: Progress,
+    resume_from: Path | None,
+    hooks: Hooks,
+    stop: GracefulStop | None = None,
+) -> tuple[Roles, Progress]:
     """Start the roles and run the loop; when a role dies or hangs, tear down and restart from the last checkpoint.
 
     Returns the live groups (for export) and the final progress, always with exactly
@@ -277,40 +111,54 @@ def run_with_recovery(config: DistillConfig, num_train_timesteps: int, checkpoin
     """
     from orchestrator.checkpoint import latest_checkpoint, load_checkpoint
 
-    restarts, run_id = progress.restarts, progress.mlflow_run_id
+    restarts, run_id, first = progress.restarts, progress.mlflow_run_id, True
     while True:
         groups = None
         try:
-            groups = start_roles(config, num_train_timesteps)
-            if hooks.on_start:
-                hooks.on_start(groups)
+            try:
+                wait = None if first else config.fault_tolerance.capacity_wait_s
+                groups = start_roles(config, num_train_timesteps, wait)
+            except PlacementError as error:
+                if first:
+                    raise
+                where = f"its last checkpoint is {resume_from}" if resume_from else "it had no checkpoint yet"
+                raise PlacementError(
+                    f"{error}; the run stopped after a role failure, and {where}: rerun the same "
+                    "command once such nodes are back"
+                ) from None
+            first = False
+            hooks.on_start(groups)
             if resume_from is not None:
+                resumes = progress.resumes
                 progress = load_checkpoint(groups, resume_from, config.fault_tolerance.cycle_timeout_s)
+                progress.resumes = resumes + [progress.generator_steps]
                 print(f"resumed from {resume_from} at generator step {progress.generator_steps}", flush=True)
             progress.restarts, progress.mlflow_run_id = restarts, run_id
-            return groups, run_schedule(groups, config, progress, hooks)
+            return groups, run_schedule(groups, config, progress, hooks, stop)
         except Exception as error:
             if groups is not None:
                 groups.shutdown()
             if not is_role_failure(error):
                 raise
             restarts += 1
-            if restarts > config.fault_tolerance.max_restarts:
+            limit = config.fault_tolerance.max_restarts
+            if restarts > limit:
                 raise RoleFailureError(
-                    f"a role failed {restarts} times, more than fault_tolerance.max_restarts={config.fault_tolerance.max_restarts} "
-                    f"(last: {type(error).__name__}: {str(error).splitlines()[0][:200]}); check the nodes, then rerun with the same --output to resume"
+                    f"a role failed {restarts} times, more than fault_tolerance.max_restarts={limit} "
+                    f"(last: {type(error).__name__}: {str(error).splitlines()[0][:200]}); check the nodes, then rerun "
+                    "with the same --output to resume"
                 ) from None
             resume_from = latest_checkpoint(checkpoints)
             where = f"checkpoint {resume_from.name}" if resume_from else "the start (no checkpoint yet)"
-            print(f"role failure ({type(error).__name__}); restart {restarts}/{config.fault_tolerance.max_restarts} from {where}", flush=True)
+            print(f"role failure ({type(error).__name__}); restart {restarts}/{limit} from {where}", flush=True)
             if resume_from is None:
                 progress = Progress()
 
 
 def method_name(config: DistillConfig) -> str:
     """dmd2, imagine-flash, or both joined: the losses this run trains with (run names, model manifests)."""
-    parts = [name for name, on in (("dmd2", config.dmd2.dm_weight > 0), ("imagine-flash", config.imagine_flash.srl_weight > 0)) if on]
-    return "+".join(parts) or "gan"
+    losses = (("dmd2", config.dmd2.dm_weight > 0), ("imagine-flash", config.imagine_flash.srl_weight > 0))
+    return "+".join(name for name, on in losses if on) or "gan"
 
 
 def default_run_name(config: DistillConfig) -> str:
@@ -324,86 +172,162 @@ def role_cpus(config: DistillConfig) -> float:
     return sum(r.ranks * r.cpus_per_rank for r in (roles.teacher, roles.critic, roles.generator)) + 1
 
 
-def distill(config: DistillConfig, on_evaluation=None) -> dict:
+class RunHooks:
+    """A distillation's hooks: progress lines and MLflow metrics, evaluations of the exported student, checkpoints."""
+
+    def __init__(
+        self, config: DistillConfig, teacher, logger, evaluator, checkpoints: Path, on_evaluation=None, on_step=None
+    ):
+        from orchestrator.run_metrics import RunMetrics
+
+        self.config, self.teacher, self.logger, self.evaluator = config, teacher, logger, evaluator
+        self.checkpoints, self.on_evaluation, self.on_step = checkpoints, on_evaluation, on_step
+        self.wall_start, self.setup_seconds = time.perf_counter(), []
+        self.live = RunMetrics(Path(config.output).name, config.generator_steps)  # Prometheus / Grafana
+
+    def export(self, groups: Roles, path: Path) -> Path:
+        """The student as a model folder: the generator's weights (their EMA when kept), the teacher's architecture."""
+        import ray
+
+        from workers.models.export import export_student
+        from workers.models.pipelines import LoraSetup
+
+        student, timeout = self.config.student, self.config.fault_tolerance.cycle_timeout_s
+        weights = ray.get(groups.generator.call_async("state"), timeout=timeout)[0]
+        lora = LoraSetup.of(student.lora_rank, student.lora_alpha)
+        return export_student(
+            weights, self.teacher, student.timesteps, student.sampler, path, method_name(self.config), lora
+        )
+
+    def on_start(self, groups: Roles) -> None:
+        self.setup_seconds.append(time.perf_counter() - self.wall_start)
+        if len(self.setup_seconds) > 1:
+            self.live.restarted()
+
+    def on_log(self, groups: Roles, step: int, metrics: dict[str, float], progress: Progress) -> None:
+        total = self.config.generator_steps
+        rate = step / max(progress.seconds, 1e-9)
+        fd = f"  fd {progress.evaluations[-1]['fd']:.2f}" if progress.evaluations else ""
+        losses = "".join(
+            f"{name} {metrics[f'generator/{name}_loss']:.4f}  "
+            for name in ("dm", "srl", "gan")
+            if f"generator/{name}_loss" in metrics
+        )
+        print(
+            f"step {step}/{total}  {losses}mean {metrics.get('generator/sample_mean', 0):+.3f} "
+            f"std {metrics.get('generator/sample_std', 0):.3f}  {rate:.2f} steps/s  eta "
+            f"{(total - step) / rate:.0f}s{fd}",
+            flush=True,
+        )
+        self.logger.log(metrics | {"generator/steps_per_second": rate, "restarts": float(progress.restarts)}, step)
+        self.live.log(step, metrics, progress)
+        if self.on_step:
+            self.on_step(step)
+        if "generator/sample_mean" in metrics:
+            progress.sample_means.append(metrics["generator/sample_mean"])
+
+    def on_eval(self, groups: Roles, step: int, progress: Progress) -> None:
+        metrics = self.evaluator(self.export(groups, Path(self.config.output).resolve() / "eval" / "student"))
+        progress.evaluations.append({"step": step, **metrics})
+        self.logger.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+        self.live.evaluated(metrics)
+        if self.on_evaluation:
+            self.on_evaluation(step, metrics)
+
+    def on_checkpoint(self, groups: Roles, step: int, progress: Progress) -> None:
+        from orchestrator.checkpoint import save_checkpoint
+
+        config = self.config
+        save_checkpoint(
+            groups,
+            self.checkpoints,
+            progress,
+            keep=config.checkpoint_keep,
+            timeout_s=config.fault_tolerance.cycle_timeout_s,
+        )
+
+
+def distill(config: DistillConfig, on_evaluation=None, on_step=None) -> dict:
     """Run a distillation end to end; returns the summary also written to OUTPUT/summary.json.
 
     `on_evaluation(step, metrics)` is called after every FD evaluation, the final one included (a
-    Tune trial reports them to its scheduler)."""
+    Tune trial reports them to its scheduler); `on_step(step)` after every log (the fault drill watches it)."""
     import mlflow
-    import ray
 
-    from orchestrator.checkpoint import read_progress, save_checkpoint
-    from orchestrator.student import export_student, student_evaluator
-    from orchestrator.tracking import MetricLogger, redact, run_params, use_tracking_uri
-    from workers.models import load_model_folder
+    from orchestrator.checkpoint import read_progress
+    from orchestrator.report import training_curves
+    from orchestrator.tracking import redact, run_params, use_tracking_uri
+    from workers.evaluation.students import student_evaluator
+    from workers.metric_logger import MetricLogger
+    from workers.models.folders import load_model_folder
 
-    started_local = connect(role_cpus(config))  # before the teacher may be made: one cluster sized for every role
-    resume_from = preflight(config, cluster_nodes(), fixed_cluster=started_local)
-    if ensure_teacher(config):
+    # Check everything, then reserve: one cluster sized for every role, before the teacher may be made.
+    started_local = connect(role_cpus(config))
+    resume_from = preflight(config, cluster_nodes(), may_grow=not started_local and config.cluster_autoscales)
+    if ensure_inputs(config):
         check_inputs(config)  # a teacher made just now is checked too
     output = Path(config.output).resolve()
-    checkpoints = output / "checkpoints"
     progress = read_progress(resume_from) if resume_from else Progress()
     output.mkdir(parents=True, exist_ok=True)
     teacher = load_model_folder(config.teacher)
     uri = use_tracking_uri(config.tracking.tracking_uri)
     mlflow.set_experiment(config.tracking.experiment)
+    evaluator = student_evaluator(teacher, config.data, config.eval_data, config.eval_num, config.seed)
 
-    evaluator = student_evaluator(teacher, config.data, config.eval_num, config.seed)
-    timeout = config.fault_tolerance.cycle_timeout_s
-    wall_start = time.perf_counter()
     # A resumed run continues its MLflow run: one run id per distillation, however often it restarts.
     # Inside a caller's run (an ablation, a sweep) the distillation is a nested run.
     run_name = None if progress.mlflow_run_id else config.tracking.run_name or default_run_name(config)
     parent = None if progress.mlflow_run_id else config.tracking.parent_run_id
-    with mlflow.start_run(run_id=progress.mlflow_run_id, run_name=run_name, nested=mlflow.active_run() is not None, parent_run_id=parent) as run:
+    with mlflow.start_run(
+        run_id=progress.mlflow_run_id, run_name=run_name, nested=mlflow.active_run() is not None, parent_run_id=parent
+    ) as run:
         if progress.mlflow_run_id is None:
             mlflow.log_params(run_params(to_dict(config), uri))
             mlflow.log_dict(to_dict(config), "config.yaml")  # the resolved config, whole, as a file to rerun from
         progress.mlflow_run_id = run.info.run_id
-        logger = MetricLogger(run.info.run_id, uri)
         print(f"distill: MLflow run {run.info.run_id} at {redact(uri)}", flush=True)
+        hooks = RunHooks(
+            config,
+            teacher,
+            MetricLogger(run.info.run_id, uri),
+            evaluator,
+            output / "checkpoints",
+            on_evaluation,
+            on_step,
+        )
 
-        def export(groups: Roles, path: Path) -> Path:
-            return export_student(ray.get(groups.generator.call_async("state"), timeout=timeout)[0], teacher, config.student, path, method_name(config))
-
-        def on_log(groups: Roles, step: int, metrics: dict, p: Progress) -> None:
-            rate = step / max(p.seconds, 1e-9)
-            fd = f"  fd {p.evaluations[-1]['fd']:.2f}" if p.evaluations else ""
-            losses = "".join(f"{name} {metrics[f'generator/{name}_loss']:.4f}  " for name in ("dm", "srl", "gan") if f"generator/{name}_loss" in metrics)
-            print(f"step {step}/{config.generator_steps}  {losses}"
-                  f"mean {metrics.get('generator/sample_mean', 0):+.3f} std {metrics.get('generator/sample_std', 0):.3f}  "
-                  f"{rate:.2f} steps/s  eta {(config.generator_steps - step) / rate:.0f}s{fd}", flush=True)
-            logger.log(metrics | {"generator/steps_per_second": rate, "restarts": float(p.restarts)}, step)
-            if "generator/sample_mean" in metrics:
-                p.sample_means.append(metrics["generator/sample_mean"])
-
-        def on_eval(groups: Roles, step: int, p: Progress) -> None:
-            metrics = evaluator(export(groups, output / "eval" / "student"))
-            p.evaluations.append({"step": step, **metrics})
-            logger.log({f"eval/{k}": v for k, v in metrics.items()}, step)
-            if on_evaluation:
-                on_evaluation(step, metrics)
-
-        def on_checkpoint(groups: Roles, step: int, p: Progress) -> None:
-            save_checkpoint(groups, checkpoints, p, keep=config.checkpoint_keep, timeout_s=timeout)
-
-        setup_seconds: list[float] = []
-
-        def on_start(groups: Roles) -> None:
-            setup_seconds.append(time.perf_counter() - wall_start)
-
-        hooks = Hooks(on_log, on_eval, on_checkpoint, on_start)
-        groups, progress = run_with_recovery(config, teacher.schedule.num_train_timesteps, checkpoints, progress, resume_from, hooks)
-        student = export(groups, output / "student")
+        # Train, until done or asked to stop.
+        try:
+            with GracefulStop(config.fault_tolerance.stop_timeout_s) as stop:
+                groups, progress = run_with_recovery(
+                    config,
+                    teacher.schedule.num_train_timesteps,
+                    output / "checkpoints",
+                    progress,
+                    resume_from,
+                    hooks,
+                    stop,
+                )
+        except StopRequested as stopped:
+            hooks.logger.flush()
+            mlflow.set_tag("stopped_at_generator_step", stopped.step)
+            mlflow.end_run("KILLED")  # a rerun of the same command continues this run from the checkpoint
+            print(f"distill: {stopped}", flush=True)
+            raise
+        # Export, evaluate, record.
+        student = hooks.export(groups, output / "student")
         placement = {group.name: group.node_ids for group in groups.all()}
         groups.shutdown()
         final = evaluator(student) | {"sample_mean_oscillation": oscillation(progress.sample_means)}
         progress.evaluations.append({"step": progress.generator_steps, **final})
-        logger.log({f"eval/{k}": v for k, v in final.items()}, progress.generator_steps)
+        hooks.logger.log({f"eval/{k}": v for k, v in final.items()}, progress.generator_steps)
+        hooks.live.evaluated(final)
         grid = evaluator.grid(student, output / "student_grid.png")
-        logger.flush()
+        hooks.logger.flush()
         mlflow.log_artifact(str(grid))
+        curves = training_curves(uri, run.info.run_id, output / "training_curves.png")
+        if curves:
+            mlflow.log_artifact(str(curves))
         mlflow.log_artifacts(str(student), artifact_path="student")
         summary = {
             "generator_steps": progress.generator_steps,
@@ -412,9 +336,14 @@ def distill(config: DistillConfig, on_evaluation=None) -> dict:
             "restarts": progress.restarts,
             "skipped_cycles": progress.skipped_cycles,
             "resumed_from": str(resume_from) if resume_from else None,
+            "resumes": progress.resumes,
             "student_timesteps": list(config.student.timesteps),
             "placement": placement,
-            "seconds": {"setup": setup_seconds[0], "schedule": progress.seconds, "total": time.perf_counter() - wall_start},
+            "seconds": {
+                "setup": hooks.setup_seconds[0],
+                "schedule": progress.seconds,
+                "total": time.perf_counter() - hooks.wall_start,
+            },
             "final_metrics": progress.metrics,
             "evaluations": progress.evaluations,
             "mlflow_run_id": run.info.run_id,

@@ -1,8 +1,7 @@
-"""MLflow tracking: where runs go, and metrics logged in batches off the hot path.
+"""MLflow tracking: where runs go, and a run's params.
 
 The tracking URI comes from MLFLOW_TRACKING_URI, else the config, else an embedded SQLite store
-under runs/. One synchronous `log_metric` costs about 100 ms against a server here, so metrics are
-buffered and sent with MLflow's asynchronous logging.
+under runs/. Metrics go through `workers.metric_logger.MetricLogger` (batched, asynchronous).
 """
 
 import os
@@ -49,40 +48,12 @@ def run_params(config_dict: dict, uri: str) -> dict[str, str]:
     """A resolved config as MLflow params: flattened, values cut to MLflow's 500 characters, credentials redacted."""
     from orchestrator.config_loading import flatten
 
-    params = {key: redact(value) if isinstance(value, str) and "://" in value else value for key, value in flatten(config_dict).items()}
+    params = {
+        key: redact(value) if isinstance(value, str) and "://" in value else value
+        for key, value in flatten(config_dict).items()
+    }
     params["tracking.tracking_uri"] = redact(uri)
     return {key: str(value)[:500] for key, value in params.items()}
-
-
-class MetricLogger:
-    """Buffers metrics and sends them to one MLflow run every `every` calls, asynchronously."""
-
-    def __init__(self, run_id: str, uri: str, every: int = 20):
-        from mlflow import MlflowClient
-
-        self.client, self.run_id, self.every = MlflowClient(uri), run_id, every
-        self.pending: list = []
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.pending += [Metric(key, float(value), now, step) for key, value in metrics.items() if value is not None]
-        if len(self.pending) >= self.every * max(len(metrics), 1):
-            self.flush(wait=False)
-
-    def flush(self, wait: bool = True) -> None:
-        if self.pending:
-            # MLflow caps a batch at 1000 metrics.
-            for begin in range(0, len(self.pending), 1000):
-                self.client.log_batch(self.run_id, metrics=self.pending[begin : begin + 1000], synchronous=False)
-            self.pending = []
-        if wait:
-            import mlflow
-
-            mlflow.flush_async_logging()
 
 
 @contextmanager
@@ -98,9 +69,26 @@ def local_server(root: Path, timeout_s: float = 120):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{Path(root) / 'server.db'}", "--artifacts-destination", str(Path(root) / "artifacts")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{Path(root) / 'server.db'}",
+            "--artifacts-destination",
+            str(Path(root) / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

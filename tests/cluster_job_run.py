@@ -3,7 +3,8 @@ simulated heterogeneous cluster, its roles placed by node kind.
 
     python -m tests.cluster_job_run TINY_ROOT OUT_DIR
 
-The cluster (ray.cluster_utils.Cluster on this machine, dashboard and Jobs API on 127.0.0.1, token authentication on): a head with
+The cluster (ray.cluster_utils.Cluster on this machine, dashboard and Jobs API on 127.0.0.1, token authentication
+on): a head with
 the dashboard (the Jobs API) and 1 CPU, one "inference" node (custom resource inference_gpu) and
 two "train" nodes (train_gpu). `jobs.distill` on the tiny config goes in through
 JobSubmissionClient with this repository as its working_dir, as `ray job submit --working-dir .`
@@ -22,7 +23,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).parents[1]
-TWO_TRAIN_RANKS = "{ranks: 2, cpus_per_rank: 1, threads_per_rank: 1, node_resource: train_gpu, sharding: {zero_stage: 2}, optimizer: {learning_rate: 1.0e-4}}"
+TWO_TRAIN_RANKS = (
+    "{ranks: 2, cpus_per_rank: 1, threads_per_rank: 1, node_resource: train_gpu, sharding: {zero_stage: 2}, "
+    "optimizer: {learning_rate: 1.0e-4}}"
+)
 
 
 def free_port() -> int:
@@ -52,11 +56,18 @@ def main(tiny_root: Path, out: Path) -> None:
 
     temp_dirs: list[str] = []
     started = time.monotonic()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
-        # Its own agent port: the Jobs API needs the head's agent, and another cluster on this machine
-        # (the test session's) already holds the default one.
-        "dashboard_agent_listen_port": free_port()})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": free_port(),
+            # Its own agent port: the Jobs API needs the head's agent, and another cluster on this machine
+            # (the test session's) already holds the default one.
+            "dashboard_agent_listen_port": free_port(),
+        },
+    )
     try:
         kinds = {cluster.head_node.node_id: "head"}
         for kind, resource in (("inference", "inference_gpu"), ("train-a", "train_gpu"), ("train-b", "train_gpu")):
@@ -68,9 +79,18 @@ def main(tiny_root: Path, out: Path) -> None:
         cluster.wait_for_nodes()
         client = JobSubmissionClient(f"http://{cluster.webui_url}")
         tracking = f"sqlite:///{out / 'mlflow.db'}"
-        overrides = [f"teacher={tiny_root / 'teacher'}", f"data={tiny_root / 'data'}", f"output={out / 'run'}", "generator_steps=2",
-                     "roles.teacher.node_resource=inference_gpu", f"roles.critic={TWO_TRAIN_RANKS}", f"roles.generator={TWO_TRAIN_RANKS}"]
-        entrypoint = f"{sys.executable} -m jobs.distill --config jobs/configs/tiny.yaml " + " ".join(f"--set '{o}'" for o in overrides)
+        overrides = [
+            f"teacher={tiny_root / 'teacher'}",
+            f"data={tiny_root / 'data'}",
+            f"output={out / 'run'}",
+            "generator_steps=2",
+            "roles.teacher.node_resource=inference_gpu",
+            f"roles.critic={TWO_TRAIN_RANKS}",
+            f"roles.generator={TWO_TRAIN_RANKS}",
+        ]
+        entrypoint = f"{sys.executable} -m jobs.distill --config jobs/configs/tiny.yaml " + " ".join(
+            f"--set '{o}'" for o in overrides
+        )
         # What `ray job submit --working-dir . --runtime-env-json '{"env_vars": ...}'` sends.
         submitted = time.monotonic()
         job = submit(client, entrypoint, {"working_dir": str(REPO), "env_vars": {"MLFLOW_TRACKING_URI": tracking}})
@@ -81,11 +101,28 @@ def main(tiny_root: Path, out: Path) -> None:
                 break
             time.sleep(1)
         logs, info = client.get_job_logs(job), client.get_job_info(job)
-        seconds = {"cluster_start": submitted - started, "job": (info.end_time - info.start_time) / 1000 if info.end_time else None}
+        seconds = {
+            "cluster_start": submitted - started,
+            "job": (info.end_time - info.start_time) / 1000 if info.end_time else None,
+        }
         summary_file = out / "run" / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-        placed = {role: [kinds.get(node_id, node_id) for node_id in node_ids] for role, node_ids in summary.get("placement", {}).items()}
-        (out / "result.json").write_text(json.dumps({"status": str(status), "placed": placed, "summary": summary, "tracking_uri": tracking, "seconds": seconds, "logs_tail": logs[-4000:]}))
+        placed = {
+            role: [kinds.get(node_id, node_id) for node_id in node_ids]
+            for role, node_ids in summary.get("placement", {}).items()
+        }
+        (out / "result.json").write_text(
+            json.dumps(
+                {
+                    "status": str(status),
+                    "placed": placed,
+                    "summary": summary,
+                    "tracking_uri": tracking,
+                    "seconds": seconds,
+                    "logs_tail": logs[-4000:],
+                }
+            )
+        )
     finally:
         cluster.shutdown()
         for temp_dir in temp_dirs:

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from workers.models import UNetConfig
-from workers.schedule import NoiseSchedule, ScheduleConfig
+from orchestrator.config import UNetConfig
+from workers.diffusion.samplers import X0Fn, backward_simulate, timestep_batch
+from workers.diffusion.schedule import NoiseSchedule, ddpm_scheduler_config
 
 STUDENT_TIMESTEPS = [999, 749, 499, 249]
 UNET_32 = UNetConfig(sample_size=32, block_out_channels=(16, 32), norm_num_groups=8)
@@ -21,7 +22,7 @@ def one_thread():
 
 
 def schedule_for(prediction_type: str = "epsilon", **kwargs) -> NoiseSchedule:
-    return NoiseSchedule.from_scheduler_config(ScheduleConfig(prediction_type=prediction_type, **kwargs).scheduler_config())
+    return NoiseSchedule.from_scheduler_config(ddpm_scheduler_config(prediction_type=prediction_type, **kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +42,32 @@ def gaussian_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, mu,
     s = torch.as_tensor(s, dtype=torch.float64)
     gain = alpha * s**2 / (alpha**2 * s**2 + sigma**2)
     return (mu + gain * (x_t.double() - alpha * mu)).to(x_t.dtype)
+
+
+# Reference samplers: diffusers' own schedulers must agree with these (tests/test_sampling.py).
+
+
+def ddim_sample(x0_fn: X0Fn, schedule: NoiseSchedule, noise: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) from pure noise through `timesteps` (high to low); returns x0."""
+    x = noise
+    for i, t in enumerate(timesteps):
+        tt = timestep_batch(t, x)
+        x0 = x0_fn(x, tt)
+        if i == len(timesteps) - 1:
+            return x0
+        eps = schedule.to_eps(x0, x, tt)
+        x = schedule.add_noise(x0, eps, timestep_batch(timesteps[i + 1], x))
+    return x
+
+
+def student_sample(
+    x0_fn: X0Fn,
+    schedule: NoiseSchedule,
+    noise: torch.Tensor,
+    timesteps: list[int],
+    generator: torch.Generator | None = None,
+    sampler: str = "lcm",
+) -> torch.Tensor:
+    """The few-step student sampler: x0 at each timestep, moved to the next; returns the last x0."""
+    x = backward_simulate(x0_fn, schedule, noise, timesteps, len(timesteps) - 1, generator, sampler)
+    return x0_fn(x, timestep_batch(timesteps[-1], x))

@@ -10,7 +10,11 @@ CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 
 def tiny_config(root: Path, output: Path, *overrides: str) -> DistillConfig:
     """jobs/configs/tiny.yaml with the session's tiny teacher and data (`root`), writing to `output`."""
-    return load_config(DistillConfig, CONFIGS / "tiny.yaml", [f"teacher={root / 'teacher'}", f"data={root / 'data'}", f"output={output}", *overrides])
+    return load_config(
+        DistillConfig,
+        CONFIGS / "tiny.yaml",
+        [f"teacher={root / 'teacher'}", f"data={root / 'data'}", f"output={output}", *overrides],
+    )
 
 
 def one_rank_world() -> None:
@@ -18,7 +22,7 @@ def one_rank_world() -> None:
     import os
     import socket
 
-    from workers.deepspeed_setup import import_deepspeed
+    from workers.parallel.deepspeed import import_deepspeed
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

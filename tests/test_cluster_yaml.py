@@ -14,7 +14,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-
 from ray._private.label_utils import validate_node_label_syntax, validate_node_labels
 from ray.autoscaler._private.util import prepare_config, validate_config
 

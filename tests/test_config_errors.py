@@ -26,24 +26,45 @@ BAD_CONFIGS = [
     (["dmd2.dm_weight=0", "dmd2.gan_generator_weight=0"], "the generator would learn nothing"),
     (["student.inputs=noised"], "student.inputs: 'noised' is not one of backward_simulated, forward_noised"),
     (["student.sampler=euler"], "student.sampler: 'euler' is not one of lcm, ddim, noise_corrected_ddim"),
-    (["student.timesteps=[999]", "student.sampler=noise_corrected_ddim"], "student.sampler: noise_corrected_ddim changes only how the student moves"),
-    (["student.step_weights=[1]"], "student.step_weights: [1.0] needs one non-negative weight per timestep of [999, 499]"),
+    (
+        ["student.timesteps=[999]", "student.sampler=noise_corrected_ddim"],
+        "student.sampler: noise_corrected_ddim changes only how the student moves",
+    ),
+    (
+        ["student.step_weights=[1]"],
+        "student.step_weights: [1.0] needs one non-negative weight per timestep of [999, 499]",
+    ),
     (["student.step_weights=[1,-1]"], "student.step_weights: [1.0, -1.0] needs one non-negative weight"),
-    (["dmd2.last_critic_update=after"], "dmd2.last_critic_update: 'after' is not one of before_generator, with_generator"),
+    (
+        ["dmd2.last_critic_update=after"],
+        "dmd2.last_critic_update: 'after' is not one of before_generator, with_generator",
+    ),
     (["dmd2.dm_timesteps=partial"], "dmd2.dm_timesteps: 'partial' is not one of full, below_input"),
     (["student.ema_decay=1"], "student.ema_decay: 1.0 must be 0 (no average) or in (0, 1)"),
     (["imagine_flash.gamma_scale=0"], "imagine_flash.gamma_scale: 0.0 must be positive"),
     (["imagine_flash.srl_teacher_steps=0"], "imagine_flash.srl_teacher_steps: 0 must be 1 to 50"),
     (["imagine_flash.srl_weight=-1"], "imagine_flash.srl_weight: -1.0 must not be negative"),
-    (["student.inputs=forward_noised", "data=/nonexistent/data"], "data: data set folder /nonexistent/data does not exist"),
+    (
+        ["student.inputs=forward_noised", "data=/nonexistent/data"],
+        "data: data set folder /nonexistent/data does not exist",
+    ),
     (["roles.critic.optimizer.learning_rate=0"], "roles.critic.optimizer.learning_rate: 0.0 must be positive"),
-    (["roles.generator.optimizer.learning_rate=fast"], "roles.generator.optimizer.learning_rate: expected float, got 'fast'"),
-    (["roles.generator.optimizer.grad_clip=-1"], "roles.generator.optimizer.grad_clip: -1.0 must be 0 (off) or positive"),
+    (
+        ["roles.generator.optimizer.learning_rate=fast"],
+        "roles.generator.optimizer.learning_rate: expected float, got 'fast'",
+    ),
+    (
+        ["roles.generator.optimizer.grad_clip=-1"],
+        "roles.generator.optimizer.grad_clip: -1.0 must be 0 (off) or positive",
+    ),
     (["roles.critic.rank=2"], "roles.critic.rank: unknown field"),
     (["roles.critic.ranks=0"], "roles.critic.ranks: 0 must be at least 1"),
     (["roles.critic.ranks=3"], "batch_size: 32 must be divisible by roles.critic.ranks=3"),
-    (["roles.critic.sharding.zero_stage=4"], "roles.critic.sharding.zero_stage: 4 is not a ZeRO stage"),
-    (["roles.teacher.sharding.zero_stage=2"], "roles.teacher.sharding.zero_stage: 2: the frozen teacher has no optimizer state or gradients to shard"),
+    (["roles.critic.sharding.zero_stage=4"], "roles.critic.sharding.zero_stage: 4 is not one of 0, 1, 2, 3"),
+    (
+        ["roles.teacher.sharding.zero_stage=2"],
+        "roles.teacher.sharding.zero_stage: 2: the frozen teacher has no optimizer state or gradients to shard",
+    ),
     (["roles.critic.gpus_per_rank=1"], "roles.critic: no node offers"),
     (["roles.teacher.node_resource=inference_gpu"], "roles.teacher: no node offers"),
     (["batch_size=abc"], "batch_size: expected int, got 'abc'"),
@@ -51,15 +72,30 @@ BAD_CONFIGS = [
     (["eval_num=5"], "eval_num: 5 must be at least 10"),
     (["checkpoint_keep=0"], "checkpoint_keep: 0 must be at least 1"),
     (["resume=sometimes"], "resume: 'sometimes' must be auto, never, or a checkpoint folder"),
-    (["resume=/nonexistent/checkpoints/step-000100"], "resume: checkpoint /nonexistent/checkpoints/step-000100 has no manifest.json"),
+    (
+        ["resume=/nonexistent/checkpoints/step-000100"],
+        "resume: checkpoint /nonexistent/checkpoints/step-000100 has no manifest.json",
+    ),
     (["fault_tolerance.max_restarts=-1"], "fault_tolerance.max_restarts: -1 must be 0"),
     (["fault_tolerance.cycle_timeout_s=0"], "fault_tolerance.cycle_timeout_s: 0.0 must be positive"),
     (["fault_tolerance.max_nonfinite_in_a_row=0"], "fault_tolerance.max_nonfinite_in_a_row: 0 must be at least 1"),
-    (["teacher=/nonexistent/teacher", "teacher_recipe=null"], "teacher: model folder /nonexistent/teacher does not exist"),
+    (
+        ["teacher=/nonexistent/teacher", "teacher_recipe=null"],
+        "teacher: model folder /nonexistent/teacher does not exist",
+    ),
     (["data=/nonexistent/data"], "data: data set folder /nonexistent/data does not exist"),
+    (  # a teacher still to be made does not excuse a mistyped data path: it is never filled with the digits
+        ["teacher=/nonexistent/teacher", "data=/nonexistent/really/not/here"],
+        "data: data set folder /nonexistent/really/not/here does not exist (a teacher recipe's data): create it with "
+        "`python -m jobs.prepare_data --out /nonexistent/really/not/here`",
+    ),
+    (["fault_tolerance.stop_timeout_s=0"], "fault_tolerance.stop_timeout_s: 0.0 must be positive"),
     (["tracking=sqlite"], "tracking: expected a mapping of fields"),
     (["generator_steps"], "write overrides as field.path=value"),
-    (["generator_init=/nonexistent/student"], "generator_init: /nonexistent/student does not exist; point at a DIR/student folder"),
+    (
+        ["generator_init=/nonexistent/student"],
+        "generator_init: /nonexistent/student does not exist; point at a DIR/student folder",
+    ),
     (["roles.critic.cpus_per_rank=-1"], "roles.critic.cpus_per_rank: -1.0 must not be negative"),
     (["roles.generator.node_resource=''"], "roles.generator.node_resource: is empty"),
     (["roles.critic.optimizer.betas=[0.9]"], "roles.critic.optimizer.betas: [0.9] must be two numbers in [0, 1)"),
@@ -77,7 +113,16 @@ def test_bad_config_is_one_line_error_naming_the_field(tiny_teacher, overrides, 
     from jobs.distill import main
 
     sets = [arg for override in overrides for arg in ("--set", override)]
-    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}", *sets, "--dry-run"]
+    argv = [
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--set",
+        f"teacher={tiny_teacher / 'teacher'}",
+        "--set",
+        f"data={tiny_teacher / 'data'}",
+        *sets,
+        "--dry-run",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         run_main(main, argv)
     error = capsys.readouterr().err
@@ -86,16 +131,28 @@ def test_bad_config_is_one_line_error_naming_the_field(tiny_teacher, overrides, 
     assert message in error, error
 
 
-@pytest.mark.parametrize("field,folder,message", [
-    ("teacher", "data", "teacher: "),
-    ("generator_init", "teacher", "generator_init: "),  # a teacher is not a student to start from
-])
+@pytest.mark.parametrize(
+    "field,folder,message",
+    [
+        ("teacher", "data", "teacher: "),
+        ("generator_init", "teacher", "generator_init: "),  # a teacher is not a student to start from
+    ],
+)
 def test_a_folder_of_the_wrong_kind_is_refused(tiny_teacher, field, folder, message, capsys):
     from jobs.cli import run_main
     from jobs.distill import main
 
-    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}",
-            "--set", f"{field}={tiny_teacher / folder}", "--dry-run"]
+    argv = [
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--set",
+        f"teacher={tiny_teacher / 'teacher'}",
+        "--set",
+        f"data={tiny_teacher / 'data'}",
+        "--set",
+        f"{field}={tiny_teacher / folder}",
+        "--dry-run",
+    ]
     with pytest.raises(SystemExit):
         run_main(main, argv)
     assert capsys.readouterr().err.startswith(f"error: {message}")
@@ -106,8 +163,19 @@ def test_resume_never_refuses_an_output_with_checkpoints(tiny_teacher, tmp_path,
     from jobs.distill import main
 
     (tmp_path / "run" / "checkpoints" / "step-000002").mkdir(parents=True)
-    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}",
-            "--output", str(tmp_path / "run"), "--set", "resume=never", "--dry-run"]
+    argv = [
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--set",
+        f"teacher={tiny_teacher / 'teacher'}",
+        "--set",
+        f"data={tiny_teacher / 'data'}",
+        "--output",
+        str(tmp_path / "run"),
+        "--set",
+        "resume=never",
+        "--dry-run",
+    ]
     with pytest.raises(SystemExit):
         run_main(main, argv)
     assert "resume: never, but" in capsys.readouterr().err
@@ -115,9 +183,25 @@ def test_resume_never_refuses_an_output_with_checkpoints(tiny_teacher, tmp_path,
 
 
 def test_a_bad_config_prints_no_traceback_from_the_command_line(tiny_teacher):
-    done = subprocess.run([sys.executable, "-m", "jobs.distill", "--config", str(CONFIGS / "tiny.yaml"), "--set", f"data={tiny_teacher / 'data'}",
-                           "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", "student.timesteps=[499,999]", "--dry-run"],
-                          capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.distill",
+            "--config",
+            str(CONFIGS / "tiny.yaml"),
+            "--set",
+            f"data={tiny_teacher / 'data'}",
+            "--set",
+            f"teacher={tiny_teacher / 'teacher'}",
+            "--set",
+            "student.timesteps=[499,999]",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: student.timesteps"), done.stderr
 
@@ -152,9 +236,20 @@ def test_resuming_with_other_rank_counts_is_refused(tiny_teacher, tmp_path, caps
     (checkpoint / "critic").mkdir(parents=True)
     for rank in (0, 1):
         (checkpoint / "critic" / f"optimizer-rank{rank}.json").write_text("{}")
-    (checkpoint / "manifest.json").write_text('{"files": {"critic/optimizer-rank0.json": 2, "critic/optimizer-rank1.json": 2}}')
-    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}",
-            "--output", str(tmp_path / "run"), "--dry-run"]
+    (checkpoint / "manifest.json").write_text(
+        '{"files": {"critic/optimizer-rank0.json": 2, "critic/optimizer-rank1.json": 2}}'
+    )
+    argv = [
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--set",
+        f"teacher={tiny_teacher / 'teacher'}",
+        "--set",
+        f"data={tiny_teacher / 'data'}",
+        "--output",
+        str(tmp_path / "run"),
+        "--dry-run",
+    ]
     with pytest.raises(SystemExit):
         run_main(main, argv)
     assert "roles.critic.ranks: 1, but checkpoint" in capsys.readouterr().err

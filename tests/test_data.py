@@ -10,16 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import prepare_data
-from workers.data import (
-    ImageArrays,
-    batch_to_arrays,
-    digits_arrays,
-    folder_arrays,
-    ray_dataset,
-    read_arrays,
-    read_info,
-    write_shards,
-)
+from workers.data.shards import ImageArrays, read_arrays, read_info, write_shards
+from workers.data.sources import digits_arrays, folder_arrays
+from workers.data.streams import batch_to_arrays, ray_dataset
 from workers.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,9 +71,11 @@ def test_ray_data_batches_match_the_arrays(tmp_path, digits, ray_local):
         seen_images.append(images)
         seen_labels.append(labels)
     images, labels = np.concatenate(seen_images), np.concatenate(seen_labels)
+
     # Ray may reorder blocks: compare sorted by the image bytes, keeping each label with its image.
     def order(x: np.ndarray) -> np.ndarray:
         return np.lexsort(x.reshape(len(x), -1).T)
+
     got, want = order(images), order(subset.images)
     np.testing.assert_array_equal(images[got], subset.images[want])
     np.testing.assert_array_equal(labels[got], subset.labels[want])
@@ -141,16 +136,20 @@ def _make_folder(root: Path) -> Path:
     Image.new("RGB", (8, 8), (0, 0, 255)).save(folder / "sub" / "blue.png")
     Image.new("L", (12, 12), 0).save(folder / "black.png")
     (root / "labels.csv").write_text("file,label\nred.png,warm\nsub/blue.png,cool\nblack.png,cool\n")
-    lines = [{"file": "red.png", "caption": "a red square"}, {"file": "sub/blue.png", "caption": "blue"},
-             {"file": "black.png", "caption": "night"}]
+    lines = [
+        {"file": "red.png", "caption": "a red square"},
+        {"file": "sub/blue.png", "caption": "blue"},
+        {"file": "black.png", "caption": "night"},
+    ]
     (root / "captions.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     return folder
 
 
 def test_folder_arrays_reads_labels_and_captions(tmp_path):
     folder = _make_folder(tmp_path)
-    arrays = folder_arrays(folder, size=4, channels=3, labels_file=tmp_path / "labels.csv",
-                           captions_file=tmp_path / "captions.jsonl")
+    arrays = folder_arrays(
+        folder, size=4, channels=3, labels_file=tmp_path / "labels.csv", captions_file=tmp_path / "captions.jsonl"
+    )
     # Files sort as black.png, red.png, sub/blue.png.
     assert arrays.images.shape == (3, 3, 4, 4) and arrays.images.dtype == np.float32
     np.testing.assert_allclose(arrays.images[0], -1.0)
@@ -194,9 +193,13 @@ def test_prepare_data_job_writes_then_is_idempotent(tmp_path, capsys):
 
 
 def test_prepare_data_cli_error_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "jobs.prepare_data", "--source", "folder",
-                             "--out", str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.prepare_data", "--source", "folder", "--out", str(tmp_path / "x")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and result.stderr.count("\n") == 1
     assert "--folder" in result.stderr and "Traceback" not in result.stderr

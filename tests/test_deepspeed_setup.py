@@ -1,22 +1,24 @@
 """DeepSpeed applied after a model is built: switches that must not change results, state that round-trips."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
+from orchestrator.config import UNetConfig
 from tests.math_helpers import one_thread  # noqa: F401  (fixture)
-from workers.models import UNetConfig, build_unet
+from workers.models.folders import build_unet
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     """The switch (roles.*.sharding.gradient_checkpointing) trades compute for memory, never the result."""
     import copy
 
-    from workers.deepspeed_setup import enable_gradient_checkpointing
+    from workers.parallel.deepspeed import enable_gradient_checkpointing
 
     torch.manual_seed(5)
-    eps_unet = build_unet(UNetConfig(), num_classes=0)
+    eps_unet = build_unet(0, **asdict(UNetConfig()))
     x, t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(6)), torch.tensor([10, 200, 500, 900])
     grads = []
     for checkpointing in (False, True):
@@ -30,16 +32,10 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def engine_round_trip(zero_stage: int, directory: str) -> dict:
     """Step, save, step; then a fresh engine loads the save and steps: the two second steps must agree."""
+    from orchestrator.config import OptimizerConfig, ShardingConfig
+    from orchestrator.setups import deepspeed_config
     from tests.run_helpers import one_rank_world
-    from workers.deepspeed_setup import (
-        OptimizerConfig,
-        ShardingConfig,
-        backward_and_step,
-        full_state_dict,
-        load_engine,
-        save_engine,
-        wrap,
-    )
+    from workers.parallel.deepspeed import backward_and_step, full_state_dict, load_engine, save_engine, wrap
 
     one_rank_world()
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
@@ -47,7 +43,12 @@ def engine_round_trip(zero_stage: int, directory: str) -> dict:
     def engine(seed: int):
         torch.manual_seed(seed)
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
-        return wrap(model, OptimizerConfig(learning_rate=0.05, warmup_steps=3), ShardingConfig(zero_stage=zero_stage), micro_batch=8), model
+        return wrap(
+            model,
+            deepspeed_config(
+                OptimizerConfig(learning_rate=0.05, warmup_steps=3), ShardingConfig(zero_stage=zero_stage), 8
+            ),
+        ), model
 
     def step(engine) -> None:
         assert backward_and_step(engine, engine(x).pow(2).mean())
@@ -62,8 +63,12 @@ def engine_round_trip(zero_stage: int, directory: str) -> dict:
     a, b = full_state_dict(model), full_state_dict(other)
     import deepspeed.comm.comm
 
-    return {"extra": extra, "max_difference": max(float((a[k] - b[k]).abs().max()) for k in a), "stage": second.zero_optimization_stage(),
-            "shm_kernel_built": deepspeed.comm.comm.cdb.shm_comm_op is not None}
+    return {
+        "extra": extra,
+        "max_difference": max(float((a[k] - b[k]).abs().max()) for k in a),
+        "stage": second.zero_optimization_stage(),
+        "shm_kernel_built": deepspeed.comm.comm.cdb.shm_comm_op is not None,
+    }
 
 
 @pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
@@ -72,11 +77,13 @@ def test_engine_state_round_trips_through_safetensors_at_every_zero_stage(ray_lo
     result = ray_local.get(ray_local.remote(engine_round_trip).remote(zero_stage, str(tmp_path)))
     assert result["stage"] == zero_stage and result["extra"] == {"note": "kept"}
     assert result["max_difference"] < 1e-6, result
-    assert not result["shm_kernel_built"], "DeepSpeed built its shared-memory inference kernel (a minute of JIT compile no role needs)"
+    assert not result["shm_kernel_built"], (
+        "DeepSpeed built its shared-memory inference kernel (a minute of JIT compile no role needs)"
+    )
 
 
 def test_weight_average_follows_its_formula_and_swaps_back():
-    from workers.weight_average import WeightAverage
+    from workers.parallel.weight_average import WeightAverage
 
     model = torch.nn.Linear(3, 2)
     frozen = torch.nn.Linear(3, 2).requires_grad_(False)

@@ -1,4 +1,4 @@
-"""The digits yardstick: classifiers, distances, reference points and the evaluate job."""
+"""The yardstick: classifiers, distances, reference points and the evaluate job (on the digits)."""
 
 import importlib.util
 import json
@@ -9,21 +9,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from workers import evaluation
-from workers.data import ImageArrays, digits_arrays
+from workers.data.shards import ImageArrays
+from workers.data.sources import digits_arrays
 from workers.errors import DataError, ModelFolderError, UserError
-from workers.evaluation import (
-    CNN_CONFIG,
-    digits_split,
-    evaluate_images,
-    features,
-    frechet_distance,
-    frechet_distance_from_stats,
-    inception_fid,
-    load_or_train_yardstick,
-    precision_recall,
-    reference_points,
-)
+from workers.evaluation import yardstick as evaluation
+from workers.evaluation.distances import frechet_distance, frechet_distance_from_stats, precision_recall
+from workers.evaluation.inception import inception_fid
+from workers.evaluation.quality import ReferenceSet, evaluate_images, reference_points
+from workers.evaluation.yardstick import CNN_CONFIG, features, load_or_train_yardstick, stratified_split
 
 
 @pytest.fixture(scope="module")
@@ -32,36 +25,48 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def yardstick(cache_dir):
-    return load_or_train_yardstick(cache_dir)  # trained once for the module
+def digits():
+    return digits_arrays()
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return digits_arrays()
+def yardstick(cache_dir, digits):
+    return load_or_train_yardstick(digits, None, cache_dir)  # trained once for the module
+
+
+@pytest.fixture(scope="module")
+def reference(digits, yardstick):
+    return ReferenceSet(digits, yardstick)
 
 
 def test_classifiers_are_accurate_and_load_from_cache(yardstick, cache_dir, digits, monkeypatch):
     assert yardstick.cnn.test_accuracy >= 0.97
     assert yardstick.mlp.test_accuracy >= 0.95
-    assert (cache_dir / "cnn.safetensors").is_file() and (cache_dir / "cnn.json").is_file()
+    assert len(list(cache_dir.glob("*/cnn.safetensors"))) == 1 and len(list(cache_dir.glob("*/cnn.json"))) == 1
 
     def no_training(*_args, **_kwargs):
         raise AssertionError("the cached yardstick should have been loaded, not retrained")
 
     monkeypatch.setattr(evaluation, "train_classifier", no_training)
-    loaded = load_or_train_yardstick(cache_dir)
+    loaded = load_or_train_yardstick(digits, None, cache_dir)
     assert loaded.cnn.test_accuracy == yardstick.cnn.test_accuracy
     for name in ("cnn", "mlp"):
         loaded_model, trained_model = getattr(loaded, name).model, getattr(yardstick, name).model
         np.testing.assert_array_equal(features(loaded_model, digits.images), features(trained_model, digits.images))
 
 
-def test_corrupt_cache_is_a_clear_error(tmp_path, cache_dir, yardstick):
+def test_corrupt_cache_is_a_clear_error(tmp_path, cache_dir, yardstick, digits):
     shutil.copytree(cache_dir, tmp_path / "cache")
-    (tmp_path / "cache" / "cnn.safetensors").write_bytes(b"not safetensors")
+    next((tmp_path / "cache").glob("*/cnn.safetensors")).write_bytes(b"not safetensors")
     with pytest.raises(ModelFolderError, match="delete it to retrain"):
-        load_or_train_yardstick(tmp_path / "cache")
+        load_or_train_yardstick(digits, None, tmp_path / "cache")
+
+
+def test_another_data_set_gets_its_own_classifiers(tmp_path, digits):
+    few = ImageArrays(digits.images[:400], digits.labels[:400])
+    load_or_train_yardstick(few, None, tmp_path / "cache")
+    load_or_train_yardstick(ImageArrays(few.images[::-1].copy(), few.labels[::-1].copy()), None, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*/cnn.json"))) == 2
 
 
 def test_frechet_distance_identical_and_symmetric():
@@ -106,8 +111,8 @@ def test_precision_recall_extremes_and_partial_coverage():
     assert precision_recall(real, fake, chunk_size=7) == precision_recall(real, fake)
 
 
-def test_reference_points_are_ordered(yardstick, digits):
-    rows = reference_points(digits, yardstick, num=600, seed=0)
+def test_reference_points_are_ordered(reference):
+    rows = reference_points(reference, num=600, seed=0)
     assert set(rows) == {"real_vs_real", "blurred_data", "class_mean_images", "gaussian_noise"}
     fd = {name: row["fd"] for name, row in rows.items()}
     assert fd["real_vs_real"] < fd["blurred_data"] < fd["gaussian_noise"]
@@ -117,21 +122,21 @@ def test_reference_points_are_ordered(yardstick, digits):
     assert rows["gaussian_noise"]["class_accuracy"] is None
 
 
-def test_evaluate_images_on_held_out_real_digits(yardstick, digits):
-    _, test = digits_split(digits.labels, CNN_CONFIG.test_fraction, CNN_CONFIG.split_seed)
-    metrics = evaluate_images(digits.images[test], digits.labels[test], digits, yardstick)
+def test_evaluate_images_on_held_out_real_digits(reference, digits):
+    _, test = stratified_split(digits.labels, CNN_CONFIG.test_fraction, CNN_CONFIG.split_seed)
+    metrics = evaluate_images(digits.images[test], digits.labels[test], reference)
     assert metrics["class_accuracy"] >= 0.97
     assert metrics["precision"] > 0.8 and metrics["recall"] > 0.8
-    assert evaluate_images(digits.images[test], None, digits, yardstick)["class_accuracy"] is None
+    assert evaluate_images(digits.images[test], None, reference)["class_accuracy"] is None
 
 
-def test_evaluate_images_rejects_bad_input(yardstick, digits):
+def test_evaluate_images_rejects_bad_input(reference, digits):
     with pytest.raises(DataError, match=r"\(20, 1, 16, 16\).*\(1797, 1, 8, 8\)"):
-        evaluate_images(np.zeros((20, 1, 16, 16), np.float32), None, digits, yardstick)
+        evaluate_images(np.zeros((20, 1, 16, 16), np.float32), None, reference)
     with pytest.raises(DataError, match="must be in"):
-        evaluate_images(digits.images[:50] * 127.5 + 127.5, None, digits, yardstick)
+        evaluate_images(digits.images[:50] * 127.5 + 127.5, None, reference)
     with pytest.raises(DataError, match="labels"):
-        evaluate_images(digits.images[:50], digits.labels[:49], digits, yardstick)
+        evaluate_images(digits.images[:50], digits.labels[:49], reference)
 
 
 def test_evaluate_job_on_npz(tmp_path, cache_dir, digits, capsys, yardstick):
@@ -155,7 +160,7 @@ def test_evaluate_job_samples_a_model_folder(tmp_path, cache_dir, digits, monkey
 
     calls = []
 
-    def fake_sample_from_folder(model_dir, steps, num, seed, batch_size=500):
+    def fake_sample_from_folder(model_dir, steps, num, seed, batch_size=500, sampler="ddim"):
         calls.append((model_dir, steps, num, seed))
         return SimpleNamespace(images=digits.images[:num], labels=digits.labels[:num], seconds_per_image=0.25)
 
@@ -200,13 +205,13 @@ def test_inception_fid_without_torch_fidelity_says_how_to_install(tmp_path, digi
 
 def test_reference_points_without_labels_skip_class_means(yardstick, digits):
     unlabelled = ImageArrays(images=digits.images)
-    rows = reference_points(unlabelled, yardstick, num=200, seed=1)
+    rows = reference_points(ReferenceSet(unlabelled, yardstick), num=200, seed=1)
     assert "class_mean_images" not in rows and rows["real_vs_real"]["class_accuracy"] is None
 
 
 def test_a_mean_over_sampling_seeds_and_its_spread_reach_the_demo_table(tiny_teacher, yardstick, digits):
-    from jobs.report import format_table
-    from orchestrator.student import StudentEvaluator
+    from orchestrator.report import format_table
+    from workers.evaluation.students import StudentEvaluator
 
     teacher = tiny_teacher / "teacher"
     single = [StudentEvaluator(digits, 50, seed, yardstick=yardstick)(teacher, 2) for seed in (3, 4)]

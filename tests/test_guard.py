@@ -7,13 +7,15 @@ def guard_case(zero_stage: int, case: str) -> dict:
     """Wrap a tiny model in a one-rank DeepSpeed world, take one guarded step, report what changed."""
     import torch
 
+    from orchestrator.config import OptimizerConfig, ShardingConfig
+    from orchestrator.setups import deepspeed_config
     from tests.run_helpers import one_rank_world
-    from workers.deepspeed_setup import OptimizerConfig, ShardingConfig, backward_and_step, wrap
+    from workers.parallel.deepspeed import backward_and_step, wrap
 
     one_rank_world()
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 4)
-    engine = wrap(model, OptimizerConfig(learning_rate=0.1), ShardingConfig(zero_stage=zero_stage), micro_batch=2)
+    engine = wrap(model, deepspeed_config(OptimizerConfig(learning_rate=0.1), ShardingConfig(zero_stage=zero_stage), 2))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     x = torch.ones(2, 4)
     if case == "finite":
@@ -36,7 +38,9 @@ def guard_case(zero_stage: int, case: str) -> dict:
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_guard_steps_on_finite_and_skips_nonfinite_without_touching_weights(ray_local, zero_stage):
     run = ray_local.remote(guard_case)
-    finite, bad_loss, bad_grad = ray_local.get([run.remote(zero_stage, c) for c in ("finite", "nonfinite_loss", "nonfinite_grad")])
+    finite, bad_loss, bad_grad = ray_local.get(
+        [run.remote(zero_stage, c) for c in ("finite", "nonfinite_loss", "nonfinite_grad")]
+    )
     assert finite == {"finite_loss": True, "stepped": True, "changed": True, "finite_weights": True}
     assert bad_loss == {"finite_loss": False, "stepped": False, "changed": False, "finite_weights": True}
     assert bad_grad == {"finite_loss": True, "stepped": False, "changed": False, "finite_weights": True}
@@ -45,7 +49,7 @@ def test_guard_steps_on_finite_and_skips_nonfinite_without_touching_weights(ray_
 def test_saving_a_nonfinite_state_is_refused(tmp_path):
     import torch
 
-    from workers.deepspeed_setup import NonFiniteStateError, save_engine
+    from workers.parallel.deepspeed import NonFiniteStateError, save_engine
 
     model = torch.nn.Linear(2, 2)
     with torch.no_grad():

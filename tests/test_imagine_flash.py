@@ -1,19 +1,20 @@
-"""Imagine Flash's pieces on known answers: gamma(t), the SRL target and loss, noise correction, backward distillation."""
+"""Imagine Flash's pieces on known answers: gamma(t), SRL target and loss, noise correction, backward distillation."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from orchestrator.config import UNetConfig
+from tests.math_helpers import STUDENT_TIMESTEPS, gaussian_x0, one_thread, schedule_for, sd_schedule, student_sample  # noqa: F401  (fixtures)
+from workers.diffusion.imagine_flash import shifted_timesteps, srl_loss, srl_target, teacher_steps
+from workers.diffusion.noise_correction import NoiseCorrectedDDIMScheduler
+from workers.diffusion.samplers import backward_simulate, sample_with_scheduler
+from workers.diffusion.schedule import ddpm_scheduler_config
 from workers.errors import UserError
-from workers.imagine_flash import shifted_timesteps, srl_loss, srl_target, teacher_steps
-from workers.models import UNetConfig, build_unet
-from workers.noise_correction import NoiseCorrectedDDIMScheduler
-from workers.sampling import backward_simulate, sample_with_scheduler, student_sample
-from workers.schedule import ScheduleConfig
-
-from tests.math_helpers import STUDENT_TIMESTEPS, gaussian_x0, one_thread, schedule_for, sd_schedule  # noqa: F401  (fixtures)
+from workers.models.folders import build_unet
 
 THREE_STEPS = [999, 666, 333]
 
@@ -21,7 +22,7 @@ THREE_STEPS = [999, 666, 333]
 @pytest.fixture(scope="module")
 def eps_unet():
     torch.manual_seed(5)
-    return build_unet(UNetConfig(), num_classes=0).eval()
+    return build_unet(0, **asdict(UNetConfig())).eval()
 
 
 def x0_fn_of(unet, schedule):
@@ -38,7 +39,9 @@ def test_gamma_is_increasing_and_within_range(scale, shift):
     assert gamma.dtype == torch.long and gamma.min() >= 0 and gamma.max() <= 999
     assert (gamma[1:] >= gamma[:-1]).all()  # non-decreasing everywhere (clipping makes plateaus) ...
     unclipped = (scale * t + shift > 0) & (scale * t + shift < 999)
-    assert (gamma[1:][unclipped[1:] & unclipped[:-1]] > gamma[:-1][unclipped[1:] & unclipped[:-1]]).any()  # ... and rising inside
+    assert (
+        gamma[1:][unclipped[1:] & unclipped[:-1]] > gamma[:-1][unclipped[1:] & unclipped[:-1]]
+    ).any()  # ... and rising inside
     assert gamma[500].item() == min(max(round(scale * 500 + shift), 0), 999)
 
 
@@ -58,7 +61,9 @@ def test_teacher_steps_go_down_from_gamma():
 def test_srl_target_carries_no_gradient_and_the_loss_reaches_the_student(sd_schedule, eps_unet):
     x0_student = torch.randn(4, 1, 8, 8, requires_grad=True)
     gamma = torch.tensor([100, 300, 600, 900])
-    target = srl_target(x0_fn_of(eps_unet, sd_schedule), sd_schedule, x0_student * 2, gamma, 2, torch.Generator().manual_seed(1))
+    target = srl_target(
+        x0_fn_of(eps_unet, sd_schedule), sd_schedule, x0_student * 2, gamma, 2, torch.Generator().manual_seed(1)
+    )
     assert not target.requires_grad and target.grad_fn is None
     loss = srl_loss(x0_student, target)
     loss.backward()
@@ -76,12 +81,14 @@ def test_srl_target_with_an_exact_gaussian_teacher(sd_schedule):
         gammas = torch.full((256,), gamma)
         target = srl_target(teacher, sd_schedule, x0, gammas, 1, torch.Generator().manual_seed(2))
         eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-        torch.testing.assert_close(target, gaussian_x0(sd_schedule, sd_schedule.add_noise(x0, eps, gammas), gammas, mu, s))
+        torch.testing.assert_close(
+            target, gaussian_x0(sd_schedule, sd_schedule.add_noise(x0, eps, gammas), gammas, mu, s)
+        )
         assert abs(target.mean().item() - mean) < 0.02
 
 
 def test_noise_correction_first_step_uses_the_initial_noise_later_steps_equal_ddim(sd_schedule, eps_unet):
-    config = ScheduleConfig().scheduler_config()
+    config = ddpm_scheduler_config()
     corrected = NoiseCorrectedDDIMScheduler.from_config(config, noise_correction=True)
     corrected.set_timesteps(timesteps=STUDENT_TIMESTEPS)
     noise = torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(3))
@@ -91,7 +98,9 @@ def test_noise_correction_first_step_uses_the_initial_noise_later_steps_equal_dd
     x0 = sd_schedule.to_x0(out, noise, t0)
     step = corrected.step(out, 999, noise)
     alpha, sigma = sd_schedule.alpha_sigma(torch.full((3,), 749))
-    torch.testing.assert_close(step.prev_sample, (alpha * x0.double() + sigma * noise.double()).float())  # x_T, not eps_hat
+    torch.testing.assert_close(
+        step.prev_sample, (alpha * x0.double() + sigma * noise.double()).float()
+    )  # x_T, not eps_hat
     plain = (alpha * x0.double() + sigma * out.double()).float()  # DDIM's first step: the predicted noise
     assert (step.prev_sample - plain).abs().max() > 1e-3
     # Second step on: plain DDIM, as diffusers' own DDIMScheduler computes it (its even 250-step spacing).
@@ -102,13 +111,17 @@ def test_noise_correction_first_step_uses_the_initial_noise_later_steps_equal_dd
     with torch.no_grad():
         out = eps_unet(x, torch.full((3,), 749)).sample
     theirs = ddim.step(out, 749, x).prev_sample
-    torch.testing.assert_close(corrected.step(out, 749, x).prev_sample, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item())
+    torch.testing.assert_close(
+        corrected.step(out, 749, x).prev_sample, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item()
+    )
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "noise_corrected_ddim"])
 def test_scheduler_matches_the_training_sampler(sd_schedule, eps_unet, sampler):
     """jobs.sample (scheduler) and backward simulation (pure functions) are the same sampler."""
-    scheduler = NoiseCorrectedDDIMScheduler.from_config(ScheduleConfig().scheduler_config(), noise_correction=sampler == "noise_corrected_ddim")
+    scheduler = NoiseCorrectedDDIMScheduler.from_config(
+        ddpm_scheduler_config(), noise_correction=sampler == "noise_corrected_ddim"
+    )
     scheduler.set_timesteps(timesteps=THREE_STEPS)
     noise = torch.randn((4, 1, 8, 8), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -118,7 +131,7 @@ def test_scheduler_matches_the_training_sampler(sd_schedule, eps_unet, sampler):
 
 
 def test_scheduler_round_trips_through_a_folder(tmp_path):
-    scheduler = NoiseCorrectedDDIMScheduler.from_config(ScheduleConfig().scheduler_config(), noise_correction=True)
+    scheduler = NoiseCorrectedDDIMScheduler.from_config(ddpm_scheduler_config(), noise_correction=True)
     scheduler.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "scheduler_config.json").read_text())["_class_name"] == "NoiseCorrectedDDIMScheduler"
     loaded = NoiseCorrectedDDIMScheduler.from_pretrained(tmp_path)
@@ -128,7 +141,7 @@ def test_scheduler_round_trips_through_a_folder(tmp_path):
 def test_zero_terminal_snr_is_refused_with_noise_correction():
     """alpha_T = 0 (what diffusers' rescale_betas_zero_snr makes of the last step): no signal to correct."""
     for noise_correction in (True, False):
-        scheduler = NoiseCorrectedDDIMScheduler.from_config(ScheduleConfig().scheduler_config(), noise_correction=noise_correction)
+        scheduler = NoiseCorrectedDDIMScheduler.from_config(ddpm_scheduler_config(), noise_correction=noise_correction)
         scheduler.schedule.alphas_cumprod[-1] = 0.0
         if noise_correction:
             with pytest.raises(UserError, match="zero terminal SNR"):
@@ -149,4 +162,3 @@ def test_backward_distillation_inputs_have_no_graph_to_earlier_steps(sd_schedule
     a = backward_simulate(x0_fn, sd_schedule, noise, THREE_STEPS, 2, torch.Generator().manual_seed(0), sampler)
     b = backward_simulate(x0_fn, sd_schedule, noise, THREE_STEPS, 2, torch.Generator().manual_seed(1), sampler)
     assert torch.equal(a, b) == (sampler != "lcm")
-

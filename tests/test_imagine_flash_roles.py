@@ -16,23 +16,35 @@ def test_dm_plus_srl_with_forward_noised_inputs_and_a_noise_corrected_student(ti
 
     import ray
 
-    from orchestrator.distill import cycle, start_roles
-    from orchestrator.student import export_student
-    from workers.inference import sample_from_folder
-    from workers.messages import GenerateRequest
-    from workers.models import load_model_folder
+    from orchestrator.cycle import cycle
+    from orchestrator.role_group import start_roles
+    from workers.evaluation.students import export_student
+    from workers.models.folders import load_model_folder
+    from workers.models.inference import sample_from_folder
+    from workers.roles.messages import GenerateRequest
 
-    config = tiny_config(tiny_teacher, tmp_path / "run", "imagine_flash.srl_weight=1.0", "imagine_flash.srl_teacher_steps=2", "imagine_flash.gamma_jitter=5",
-                         "student.inputs=forward_noised", "student.sampler=noise_corrected_ddim",
-                         "dmd2.dm_timesteps=below_input", "student.step_weights=[1,3]",
-                         "roles.generator.sharding.gradient_checkpointing=true")  # the switch, through DeepSpeed in an actor
+    config = tiny_config(
+        tiny_teacher,
+        tmp_path / "run",
+        "imagine_flash.srl_weight=1.0",
+        "imagine_flash.srl_teacher_steps=2",
+        "imagine_flash.gamma_jitter=5",
+        "student.inputs=forward_noised",
+        "student.sampler=noise_corrected_ddim",
+        "dmd2.dm_timesteps=below_input",
+        "student.step_weights=[1,3]",
+        "roles.generator.sharding.gradient_checkpointing=true",
+    )  # the switch, through DeepSpeed in an actor
     groups = start_roles(config, 1000)
     try:
         metrics = [cycle(groups, config, step, np.random.default_rng([0, step])) for step in range(2)]
         seconds = ray.get(groups.teacher.actors[0].take_seconds.remote())
         weights = ray.get(groups.generator.actors[0].state.remote())
         # The DM loss's timesteps: the whole range at the first step, at most t_1 = 499 at the second.
-        first, second = (ray.get(groups.generator.actors[0].generate.remote(GenerateRequest(7, k, keep_graph=False, shards=1))).t for k in (0, 1))
+        first, second = (
+            ray.get(groups.generator.actors[0].generate.remote(GenerateRequest(7, k, keep_graph=False, shards=1))).t
+            for k in (0, 1)
+        )
     finally:
         groups.shutdown()
     assert first.max() > 499 and 20 <= second.min() and second.max() <= 499
@@ -41,7 +53,9 @@ def test_dm_plus_srl_with_forward_noised_inputs_and_a_noise_corrected_student(ti
             assert np.isfinite(m[key]), (key, m)
     assert metrics[0]["generator/srl_loss"] > 0
     assert seconds["teacher/srl_target_seconds"] > 0 and seconds["teacher/dm_x0_seconds"] > 0
-    student = export_student(weights, load_model_folder(config.teacher), config.student, tmp_path / "student", "dmd2+imagine-flash")
+    student = export_student(
+        weights, load_model_folder(config.teacher), config.student, tmp_path / "student", "dmd2+imagine-flash"
+    )
     scheduler = json.loads((student / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "NoiseCorrectedDDIMScheduler" and scheduler["noise_correction"] is True
     result = sample_from_folder(student, 2, 10, seed=0)
@@ -49,13 +63,25 @@ def test_dm_plus_srl_with_forward_noised_inputs_and_a_noise_corrected_student(ti
 
 
 def test_ablation_dry_run_checks_every_variant(tiny_teacher, tmp_path, capsys):
-    from jobs.ablate import VARIANTS, main
+    from jobs.ablate import main
+    from orchestrator.config import AblationConfig
+    from orchestrator.config_loading import load_config
 
-    common = ["--config", str(CONFIGS / "imagine_flash.yaml"), "--output", str(tmp_path / "ablation"),
-              "--set", f"teacher={tiny_teacher / 'teacher'}", "--set", f"data={tiny_teacher / 'data'}"]
+    variants = load_config(AblationConfig, CONFIGS / "ablation_imagine_flash.yaml").variants
+
+    common = [
+        "--config",
+        str(CONFIGS / "imagine_flash.yaml"),
+        "--output",
+        str(tmp_path / "ablation"),
+        "--set",
+        f"teacher={tiny_teacher / 'teacher'}",
+        "--set",
+        f"data={tiny_teacher / 'data'}",
+    ]
     assert main([*common, "--dry-run"]) is None
     out = capsys.readouterr().out
-    assert all(f"{name}:" in out for name in VARIANTS) and "dry run" in out
+    assert all(f"{name}:" in out for name in variants) and "dry run" in out
     assert not Path(tmp_path / "ablation").exists()  # nothing started, nothing written
     from workers.errors import ConfigError
 

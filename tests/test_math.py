@@ -5,14 +5,15 @@ diffusers' own schedulers as the reference for the samplers.
 """
 
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from workers.conditioning import ClassLabels
-from workers.gan_head import GanHead, bottleneck, head_for
-from workers.losses import (
+from orchestrator.config import UNetConfig
+from tests.math_helpers import UNET_32, gaussian_x0, one_thread, schedule_for, sd_schedule, spread_timesteps  # noqa: F401  (fixtures)
+from workers.diffusion.losses import (
     denoising_loss,
     discriminator_loss,
     dm_gradient,
@@ -22,14 +23,10 @@ from workers.losses import (
     sample_timesteps,
     surrogate_loss,
 )
-from workers.models import (
-    UNetConfig,
-    build_unet,
-)
-from workers.schedule import PREDICTION_TYPES, NoiseSchedule, ScheduleConfig
-
-from tests.math_helpers import UNET_32, gaussian_x0, one_thread, schedule_for, sd_schedule, spread_timesteps  # noqa: F401  (fixtures)
-
+from workers.diffusion.schedule import PREDICTION_TYPES, NoiseSchedule, ddpm_scheduler_config
+from workers.models.conditioning import ClassLabels
+from workers.models.folders import build_unet
+from workers.models.gan_head import GanHead, bottleneck, head_for
 
 # --------------------------------------------------------------------------------------------
 # 1. Schedule
@@ -60,7 +57,9 @@ def test_training_targets_are_the_textbook_ones(sd_schedule):
     alpha, sigma = sd_schedule.alpha_sigma(t)
     torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(alpha), rtol=0, atol=1e-15)
     torch.testing.assert_close(alpha, abar.sqrt(), rtol=0, atol=0)
-    torch.testing.assert_close(sd_schedule.add_noise(x0, eps, t), abar.sqrt() * x0 + (1 - abar).sqrt() * eps, rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        sd_schedule.add_noise(x0, eps, t), abar.sqrt() * x0 + (1 - abar).sqrt() * eps, rtol=0, atol=1e-15
+    )
     assert torch.equal(schedule_for("epsilon").training_target(x0, eps, t), eps)
     assert torch.equal(schedule_for("sample").training_target(x0, eps, t), x0)
     v = schedule_for("v_prediction").training_target(x0, eps, t)
@@ -69,19 +68,23 @@ def test_training_targets_are_the_textbook_ones(sd_schedule):
 
 def test_schedule_agrees_with_diffusers_ddpm():
     """add_noise and the v target are diffusers' DDPMScheduler.add_noise / get_velocity (float32 there)."""
-    config = ScheduleConfig(prediction_type="v_prediction").scheduler_config()
+    config = ddpm_scheduler_config(prediction_type="v_prediction")
     reference = DDPMScheduler.from_config(config)
     schedule = NoiseSchedule.from_scheduler_config(config)
     g = torch.Generator().manual_seed(2)
     x0, eps = torch.randn((2, 8, 1, 4, 4), generator=g)
     t = spread_timesteps(8)
     torch.testing.assert_close(schedule.add_noise(x0, eps, t), reference.add_noise(x0, eps, t), rtol=0, atol=1e-6)
-    torch.testing.assert_close(schedule.training_target(x0, eps, t), reference.get_velocity(x0, eps, t), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        schedule.training_target(x0, eps, t), reference.get_velocity(x0, eps, t), rtol=0, atol=1e-6
+    )
 
 
 def test_inverse_alpha_at_t999():
     sd = schedule_for()
-    linear = NoiseSchedule.from_scheduler_config(ScheduleConfig(beta_schedule="linear", beta_start=0.0001, beta_end=0.02).scheduler_config())
+    linear = NoiseSchedule.from_scheduler_config(
+        ddpm_scheduler_config(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    )
     t = torch.tensor([999])
     inv_sd = 1 / sd.alpha_sigma(t)[0].item()
     inv_linear = 1 / linear.alpha_sigma(t)[0].item()
@@ -164,13 +167,18 @@ def test_gaussian_posterior_mean_matches_tweedie_and_orthogonality(sd_schedule):
     s = 0.7
     t = torch.tensor([20, 250, 500, 750, 980])
     alpha, sigma = sd_schedule.alpha_sigma(t)
-    # Tweedie: E[x0 | x_t] = (x_t + sigma^2 grad log p_t(x_t)) / alpha, with p_t = N(alpha mu, (alpha^2 s^2 + sigma^2) I).
-    x_t = torch.randn((5, 1, 2, 2), generator=torch.Generator().manual_seed(7), dtype=torch.float64).requires_grad_(True)
+    # Tweedie: E[x0 | x_t] = (x_t + sigma^2 grad log p_t(x_t)) / alpha,
+    # with p_t = N(alpha mu, (alpha^2 s^2 + sigma^2) I).
+    x_t = torch.randn((5, 1, 2, 2), generator=torch.Generator().manual_seed(7), dtype=torch.float64).requires_grad_(
+        True
+    )
     std_t = (alpha**2 * s**2 + sigma**2).sqrt()
     log_p = torch.distributions.Normal(alpha * mu, std_t).log_prob(x_t).sum()
     (score,) = torch.autograd.grad(log_p, x_t)
     tweedie = (x_t + sigma**2 * score) / alpha
-    torch.testing.assert_close(gaussian_x0(sd_schedule, x_t.detach(), t, mu, s), tweedie.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        gaussian_x0(sd_schedule, x_t.detach(), t, mu, s), tweedie.detach(), rtol=1e-12, atol=1e-12
+    )
     # Monte Carlo: the residual x0 - E[x0|x_t] has mean 0 and is uncorrelated with x_t (the linear
     # posterior mean is then the conditional mean, as the pair is jointly Gaussian).
     g = torch.Generator().manual_seed(8)
@@ -251,9 +259,13 @@ def test_gan_losses_known_values():
     assert discriminator_loss(zero, zero).item() == pytest.approx(2 * math.log(2), rel=1e-6)
     assert generator_gan_loss(zero).item() == pytest.approx(math.log(2), rel=1e-6)
     real, fake = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0])
-    expected = (math.log1p(math.exp(0.5)) + math.log1p(math.exp(3.0))) / 2 + (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(2.0))) / 2
+    expected = (math.log1p(math.exp(0.5)) + math.log1p(math.exp(3.0))) / 2 + (
+        math.log1p(math.exp(-1.0)) + math.log1p(math.exp(2.0))
+    ) / 2
     assert discriminator_loss(real, fake).item() == pytest.approx(expected, rel=1e-6)
-    assert generator_gan_loss(fake).item() == pytest.approx((math.log1p(math.exp(-0.5)) + math.log1p(math.exp(-3.0))) / 2, rel=1e-6)
+    assert generator_gan_loss(fake).item() == pytest.approx(
+        (math.log1p(math.exp(-0.5)) + math.log1p(math.exp(-3.0))) / 2, rel=1e-6
+    )
     # (B, 1) logits are accepted as well as (B,)
     assert discriminator_loss(real.view(2, 1), fake.view(2, 1)).item() == pytest.approx(expected, rel=1e-6)
 
@@ -270,10 +282,12 @@ def test_discriminator_loss_decreases_as_it_separates():
     assert generator_gan_loss(zero + 1) < generator_gan_loss(zero) < generator_gan_loss(zero - 1)
 
 
-@pytest.mark.parametrize(("config", "feature_shape"), [(UNetConfig(), (64, 2, 2)), (UNET_32, (32, 16, 16))], ids=["8x8", "32x32"])
+@pytest.mark.parametrize(
+    ("config", "feature_shape"), [(UNetConfig(), (64, 2, 2)), (UNET_32, (32, 16, 16))], ids=["8x8", "32x32"]
+)
 def test_gan_head_on_bottleneck_gives_one_logit_per_sample(config, feature_shape):
     torch.manual_seed(11)
-    unet = build_unet(config, num_classes=10).eval()
+    unet = build_unet(10, **asdict(config)).eval()
     head = head_for(unet)
     g = torch.Generator().manual_seed(12)
     x_t = torch.randn((3, 1, config.sample_size, config.sample_size), generator=g)
@@ -296,11 +310,13 @@ def test_gan_head_on_bottleneck_gives_one_logit_per_sample(config, feature_shape
 )
 def test_gan_head_logits_depend_on_the_input(config):
     torch.manual_seed(13)
-    unet = build_unet(config, num_classes=10).eval()
+    unet = build_unet(10, **asdict(config)).eval()
     head = head_for(unet)
     g = torch.Generator().manual_seed(14)
     x_t = torch.randn((4, 1, config.sample_size, config.sample_size), generator=g).requires_grad_(True)
-    logits = head(bottleneck(unet, x_t, torch.tensor([10, 400, 700, 999]), {"class_labels": torch.tensor([0, 1, 2, 3])}))
+    logits = head(
+        bottleneck(unet, x_t, torch.tensor([10, 400, 700, 999]), {"class_labels": torch.tensor([0, 1, 2, 3])})
+    )
     assert (logits.max() - logits.min()).item() > 1e-4, logits
     # The generator's GAN gradient has to reach the image through the encoder and the head.
     (image_grad,) = torch.autograd.grad(generator_gan_loss(logits), x_t)
@@ -311,7 +327,7 @@ def test_gan_head_logits_depend_on_the_input(config):
 @pytest.mark.parametrize("num_classes", [10, 0], ids=["classes", "unconditional"])
 def test_bottleneck_is_the_mid_block_output_of_a_full_forward(config, num_classes):
     torch.manual_seed(15)
-    unet = build_unet(config, num_classes=num_classes).eval()
+    unet = build_unet(num_classes, **asdict(config)).eval()
     captured = []
     handle = unet.mid_block.register_forward_hook(lambda module, args, output: captured.append(output))
     g = torch.Generator().manual_seed(16)
@@ -332,7 +348,12 @@ def test_gan_head_reduces_to_one_by_one():
     head = GanHead(channels=64, size=16)
     convs = [m for m in head.layers if isinstance(m, torch.nn.Conv2d)]
     # 16 -> 8 -> 4 by stride-2 convs, then 4x4 stride 4 to 1x1, then the 1x1 logit conv.
-    assert [(c.kernel_size, c.stride) for c in convs] == [((4, 4), (2, 2)), ((4, 4), (2, 2)), ((4, 4), (4, 4)), ((1, 1), (1, 1))]
+    assert [(c.kernel_size, c.stride) for c in convs] == [
+        ((4, 4), (2, 2)),
+        ((4, 4), (2, 2)),
+        ((4, 4), (4, 4)),
+        ((1, 1), (1, 1)),
+    ]
     assert head(torch.randn(2, 64, 16, 16)).shape == (2,)
 
 
@@ -352,17 +373,24 @@ def test_dm_timestep_range_caps_later_steps_at_their_input_timestep():
     steps = [999, 749, 499, 249]
     assert [dm_timestep_range(20, 980, steps, k, below_input=False) for k in range(4)] == [(20, 980)] * 4
     # The first step starts from pure noise: the whole range; later ones: up to their own t_k.
-    assert [dm_timestep_range(20, 980, steps, k, below_input=True) for k in range(4)] == [(20, 980), (20, 749), (20, 499), (20, 249)]
+    assert [dm_timestep_range(20, 980, steps, k, below_input=True) for k in range(4)] == [
+        (20, 980),
+        (20, 749),
+        (20, 499),
+        (20, 249),
+    ]
     assert dm_timestep_range(20, 980, [999, 10], 1, below_input=True) == (20, 20)  # never an empty range
 
 
 def test_student_steps_are_drawn_uniformly_or_by_their_weights():
     import numpy as np
 
-    from orchestrator.distill import draw_student_step
+    from orchestrator.cycle import draw_student_step
 
     # Without weights, DMD2's uniform draw exactly as before the option existed.
-    assert [draw_student_step(np.random.default_rng(s), 4) for s in range(20)] == [int(np.random.default_rng(s).integers(4)) for s in range(20)]
+    assert [draw_student_step(np.random.default_rng(s), 4) for s in range(20)] == [
+        int(np.random.default_rng(s).integers(4)) for s in range(20)
+    ]
     rng = np.random.default_rng(1)
     counts = np.bincount([draw_student_step(rng, 4, [1, 0, 1, 2]) for _ in range(4000)], minlength=4)
     assert counts[1] == 0

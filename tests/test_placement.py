@@ -11,13 +11,23 @@ REPO = Path(__file__).parents[1]
 
 
 def test_a_submitted_job_places_roles_on_their_node_kinds_and_succeeds(tiny_teacher, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "tests.cluster_job_run", str(tiny_teacher), str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.cluster_job_run", str(tiny_teacher), str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "SUCCEEDED", result["logs_tail"]
     assert result["placed"]["teacher"] == ["inference"], result["placed"]
     for role in ("critic", "generator"):
-        assert len(result["placed"][role]) == 2 and all(kind.startswith("train") for kind in result["placed"][role]), result["placed"]
+        assert len(result["placed"][role]) == 2 and all(kind.startswith("train") for kind in result["placed"][role]), (
+            result["placed"]
+        )
     assert result["summary"]["generator_steps"] == 2 and result["summary"]["evaluations"][-1]["fd"] > 0
-    run = mlflow.MlflowClient(result["tracking_uri"]).get_run(result["summary"]["mlflow_run_id"])  # in the store the job was given
+    run = mlflow.MlflowClient(result["tracking_uri"]).get_run(
+        result["summary"]["mlflow_run_id"]
+    )  # in the store the job was given
     assert run.info.status == "FINISHED" and "generator/dm_loss" in run.data.metrics

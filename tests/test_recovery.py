@@ -71,7 +71,9 @@ def kill_role_when(marker: Path, role: str, killed: list[int], stop: threading.E
     return thread
 
 
-def test_each_killed_role_restarts_from_its_checkpoint_and_the_run_finishes_every_step(reference, tiny_teacher, tmp_path, monkeypatch):
+def test_each_killed_role_restarts_from_its_checkpoint_and_the_run_finishes_every_step(
+    reference, tiny_teacher, tmp_path, monkeypatch
+):
     """One run, three kills: the teacher after checkpoint 2, the critic after 3, the generator after 4."""
     from orchestrator.distill import distill
 
@@ -79,7 +81,10 @@ def test_each_killed_role_restarts_from_its_checkpoint_and_the_run_finishes_ever
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     checkpoints, stop = tmp_path / "run" / "checkpoints", threading.Event()
     kills = {role: [] for role in ("teacher", "critic", "generator")}
-    watchers = [kill_role_when(checkpoints / f"step-{step:06d}", role, kills[role], stop) for step, role in enumerate(kills, start=2)]
+    watchers = [
+        kill_role_when(checkpoints / f"step-{step:06d}", role, kills[role], stop)
+        for step, role in enumerate(kills, start=2)
+    ]
     try:
         summary = distill(tiny_config(tiny_teacher, tmp_path / "run", *RUN, "checkpoint_every=1"))
     finally:
@@ -94,10 +99,17 @@ def test_each_killed_role_restarts_from_its_checkpoint_and_the_run_finishes_ever
     got, want = curves(store, summary["mlflow_run_id"]), reference[3]
     for key in CURVES:
         assert sorted(got[key]) == list(range(1, STEPS + 1)), key
-        np.testing.assert_allclose([got[key][s] for s in sorted(got[key])], [want[key][s] for s in sorted(want[key])], rtol=TOLERANCE, err_msg=key)
+        np.testing.assert_allclose(
+            [got[key][s] for s in sorted(got[key])],
+            [want[key][s] for s in sorted(want[key])],
+            rtol=TOLERANCE,
+            err_msg=key,
+        )
 
 
-def test_a_resumed_job_continues_from_the_latest_checkpoint_in_the_same_mlflow_run(reference, tiny_teacher, tmp_path, monkeypatch):
+def test_a_resumed_job_continues_from_the_latest_checkpoint_in_the_same_mlflow_run(
+    reference, tiny_teacher, tmp_path, monkeypatch
+):
     from orchestrator.distill import distill
 
     output, store, first, _ = reference
@@ -108,7 +120,11 @@ def test_a_resumed_job_continues_from_the_latest_checkpoint_in_the_same_mlflow_r
     assert summary["generator_steps"] == STEPS + 2
     assert summary["mlflow_run_id"] == first["mlflow_run_id"]
     assert sorted(last_values(store, first["mlflow_run_id"], "generator/dm_loss")) == list(range(1, STEPS + 3))
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000004", "step-000006", "step-000008"]  # keep 3
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "step-000004",
+        "step-000006",
+        "step-000008",
+    ]  # keep 3
 
 
 def test_a_damaged_checkpoint_is_skipped_for_the_one_before(reference, tmp_path):
@@ -123,14 +139,24 @@ def test_a_damaged_checkpoint_is_skipped_for_the_one_before(reference, tmp_path)
     assert latest_checkpoint(tmp_path / "checkpoints").name == f"step-{STEPS - 2:06d}"
 
 
-def test_a_diverging_run_stops_with_a_clear_error_and_writes_no_checkpoint_after_it(tiny_teacher, tmp_path, monkeypatch):
+def test_a_diverging_run_stops_with_a_clear_error_and_writes_no_checkpoint_after_it(
+    tiny_teacher, tmp_path, monkeypatch
+):
     """lr 1e30 blows the generator's weights up after one step: every later update is non-finite and skipped."""
     from orchestrator.distill import NumericalError, distill
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    config = tiny_config(tiny_teacher, tmp_path / "run", "generator_steps=10", "checkpoint_every=1", "log_every=1", "eval_every=0",
-                         "roles.generator.optimizer.learning_rate=1.0e30", "roles.generator.optimizer.grad_clip=0",
-                         "fault_tolerance.max_nonfinite_in_a_row=2")
+    config = tiny_config(
+        tiny_teacher,
+        tmp_path / "run",
+        "generator_steps=10",
+        "checkpoint_every=1",
+        "log_every=1",
+        "eval_every=0",
+        "roles.generator.optimizer.learning_rate=1.0e30",
+        "roles.generator.optimizer.grad_clip=0",
+        "fault_tolerance.max_nonfinite_in_a_row=2",
+    )
     with pytest.raises(NumericalError, match="2 cycles in a row .* non-finite"):
         distill(config)
     written = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())

@@ -4,28 +4,35 @@ Everything here runs on CPU in a few seconds: tiny UNets, a closed-form Gaussian
 diffusers' own schedulers as the reference for the samplers.
 """
 
+from dataclasses import asdict
 
 import pytest
 import torch
 from diffusers import DDIMScheduler, LCMScheduler
 
-from workers.conditioning import ClassLabels
+from orchestrator.config import UNetConfig
+from tests.math_helpers import (  # noqa: F401  (fixtures)
+    STUDENT_TIMESTEPS,
+    ddim_sample,
+    gaussian_x0,
+    one_thread,
+    schedule_for,
+    sd_schedule,
+    student_sample,
+)
+from workers.diffusion.samplers import backward_simulate, renoise, sample_with_scheduler, timestep_batch
+from workers.diffusion.schedule import ddpm_scheduler_config, guided
 from workers.errors import ModelFolderError
-from workers.models import (
+from workers.models.conditioning import ClassLabels
+from workers.models.folders import (
     MANIFEST,
     WEIGHTS,
     Denoiser,
     ModelManifest,
-    UNetConfig,
     build_unet,
     load_model_folder,
     save_model_folder,
 )
-from workers.sampling import backward_simulate, ddim_sample, renoise, sample_with_scheduler, student_sample, timestep_batch
-from workers.schedule import ScheduleConfig, guided
-
-from tests.math_helpers import STUDENT_TIMESTEPS, gaussian_x0, one_thread, schedule_for, sd_schedule  # noqa: F401  (fixtures)
-
 
 # --------------------------------------------------------------------------------------------
 # 5. Samplers
@@ -36,7 +43,7 @@ from tests.math_helpers import STUDENT_TIMESTEPS, gaussian_x0, one_thread, sched
 def eps_unet():
     """A fixed random epsilon network on 8x8 single-channel images (no classes)."""
     torch.manual_seed(17)
-    return build_unet(UNetConfig(), num_classes=0).eval()
+    return build_unet(0, **asdict(UNetConfig())).eval()
 
 
 def eps_fn_of(unet):
@@ -49,7 +56,7 @@ def eps_fn_of(unet):
 
 def test_backward_simulate_has_no_graph_even_with_trainable_x0_fn(sd_schedule):
     torch.manual_seed(18)
-    unet = build_unet(UNetConfig(), num_classes=0)  # train mode, parameters require grad
+    unet = build_unet(0, **asdict(UNetConfig()))  # train mode, parameters require grad
     assert all(p.requires_grad for p in unet.parameters())
 
     def x0_fn(x_t, t):
@@ -83,7 +90,9 @@ def test_backward_simulate_known_answer_and_determinism(sd_schedule, eps_unet):
         return sd_schedule.to_x0(eps_fn(x_t, t), x_t, t)
 
     noise = torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(21))
-    run = lambda k, seed: backward_simulate(x0_fn, sd_schedule, noise, STUDENT_TIMESTEPS, k, torch.Generator().manual_seed(seed))
+    run = lambda k, seed: backward_simulate(
+        x0_fn, sd_schedule, noise, STUDENT_TIMESTEPS, k, torch.Generator().manual_seed(seed)
+    )
     assert torch.equal(run(3, 22), run(3, 22))
     assert not torch.allclose(run(3, 22), run(3, 23))
     # k = 2 by hand: x0 at 999, renoise to 749 with the generator's first draw, x0 at 749, renoise to 499.
@@ -96,7 +105,10 @@ def test_backward_simulate_known_answer_and_determinism(sd_schedule, eps_unet):
     # renoise is the forward process at t_next with fresh N(0, I) noise.
     g1, g2 = torch.Generator().manual_seed(24), torch.Generator().manual_seed(24)
     x0 = torch.randn((2, 1, 8, 8))
-    assert torch.equal(renoise(sd_schedule, x0, 499, g1), sd_schedule.add_noise(x0, torch.randn(x0.shape, generator=g2), timestep_batch(499, x0)))
+    assert torch.equal(
+        renoise(sd_schedule, x0, 499, g1),
+        sd_schedule.add_noise(x0, torch.randn(x0.shape, generator=g2), timestep_batch(499, x0)),
+    )
 
 
 def test_student_sample_matches_diffusers_lcm_scheduler(sd_schedule, eps_unet):
@@ -109,9 +121,11 @@ def test_student_sample_matches_diffusers_lcm_scheduler(sd_schedule, eps_unet):
     float64 conversions, amplified by 1/alpha_999 = 14.6 at the first step; observed max abs
     difference 7.6e-6 on outputs of magnitude ~50 (1.5e-7 relative); we allow 1e-5 relative.
     """
-    config = ScheduleConfig().scheduler_config()
+    config = ddpm_scheduler_config()
     scheduler = LCMScheduler.from_config(config)
-    assert not scheduler.config.clip_sample  # LCM's own default: DDPM's clip_sample is a "default value" not carried over
+    assert (
+        not scheduler.config.clip_sample
+    )  # LCM's own default: DDPM's clip_sample is a "default value" not carried over
     scheduler.set_timesteps(timesteps=STUDENT_TIMESTEPS)
     assert scheduler.timesteps.tolist() == STUDENT_TIMESTEPS
     c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(249)
@@ -120,7 +134,9 @@ def test_student_sample_matches_diffusers_lcm_scheduler(sd_schedule, eps_unet):
     eps_fn = eps_fn_of(eps_unet)
     noise = torch.randn((4, 1, 8, 8), generator=torch.Generator().manual_seed(25))
     ours_g, theirs_g = torch.Generator().manual_seed(26), torch.Generator().manual_seed(26)
-    ours = student_sample(lambda x, t: sd_schedule.to_x0(eps_fn(x, t), x, t), sd_schedule, noise, STUDENT_TIMESTEPS, ours_g)
+    ours = student_sample(
+        lambda x, t: sd_schedule.to_x0(eps_fn(x, t), x, t), sd_schedule, noise, STUDENT_TIMESTEPS, ours_g
+    )
     theirs = sample_with_scheduler(eps_fn, scheduler, noise, theirs_g)
     assert torch.equal(ours_g.get_state(), theirs_g.get_state())  # same number of draws
     scale = theirs.abs().max().item()
@@ -136,7 +152,7 @@ def test_ddim_sample_matches_diffusers_ddim_scheduler(sd_schedule, eps_unet):
 
     Observed max abs difference 1.1e-5 on outputs of magnitude ~44 (2.6e-7 relative); 1e-5 relative allowed.
     """
-    config = ScheduleConfig().scheduler_config()
+    config = ddpm_scheduler_config()
     scheduler = DDIMScheduler.from_config(config, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
     scheduler.set_timesteps(10)
     timesteps = scheduler.timesteps.tolist()
@@ -166,7 +182,10 @@ def test_ddim_with_exact_gaussian_teacher_follows_the_probability_flow(sd_schedu
     assert torch.equal(ddim_sample(x0_fn, sd_schedule, noise, [999]), x0_fn(noise, timestep_batch(999, noise)))
     alpha, sigma = sd_schedule.alpha_sigma(torch.tensor([999]))
     flow = mu + s * (noise - alpha * mu) / (alpha**2 * s**2 + sigma**2).sqrt()
-    errors = [(ddim_sample(x0_fn, sd_schedule, noise, list(range(999, -1, -stride))) - flow).abs().max().item() for stride in (1, 5, 50)]
+    errors = [
+        (ddim_sample(x0_fn, sd_schedule, noise, list(range(999, -1, -stride))) - flow).abs().max().item()
+        for stride in (1, 5, 50)
+    ]
     assert errors[0] < 0.02 and errors[0] < errors[1] < errors[2], errors
 
 
@@ -178,9 +197,11 @@ def test_ddim_with_exact_gaussian_teacher_follows_the_probability_flow(sd_schedu
 @pytest.fixture()
 def saved_folder(tmp_path):
     torch.manual_seed(31)
-    unet = build_unet(UNetConfig(), num_classes=10)
-    manifest = ModelManifest(kind="student", num_classes=10, guidance_scale=1.0, timesteps=STUDENT_TIMESTEPS, method="dmd2")
-    path = save_model_folder(tmp_path / "model", unet, ScheduleConfig().scheduler_config(), manifest)
+    unet = build_unet(10, **asdict(UNetConfig()))
+    manifest = ModelManifest(
+        kind="student", num_classes=10, guidance_scale=1.0, timesteps=STUDENT_TIMESTEPS, method="dmd2"
+    )
+    path = save_model_folder(tmp_path / "model", unet, ddpm_scheduler_config(), manifest)
     return path, unet, manifest
 
 
@@ -191,7 +212,7 @@ def test_model_folder_round_trips_exactly(saved_folder):
     original, loaded = unet.state_dict(), folder.unet.state_dict()
     assert original.keys() == loaded.keys()
     assert all(torch.equal(original[name], loaded[name]) for name in original)
-    assert folder.scheduler_config == ScheduleConfig().scheduler_config()
+    assert folder.scheduler_config == ddpm_scheduler_config()
     assert torch.equal(folder.schedule.alphas_cumprod, schedule_for().alphas_cumprod)
     x = torch.randn(2, 1, 8, 8)
     t, labels = torch.tensor([10, 900]), torch.tensor([3, 10])
@@ -227,7 +248,7 @@ def test_missing_folder_is_refused(tmp_path):
 
 def test_denoiser_classifier_free_guidance_by_hand():
     torch.manual_seed(32)
-    unet = build_unet(UNetConfig(), num_classes=10).double().eval()
+    unet = build_unet(10, **asdict(UNetConfig())).double().eval()
     schedule = schedule_for()
     denoiser = Denoiser(unet, schedule, ClassLabels(10))
     g = torch.Generator().manual_seed(33)
@@ -248,7 +269,7 @@ def test_denoiser_classifier_free_guidance_by_hand():
 
 def test_denoiser_without_classes_ignores_guidance():
     torch.manual_seed(34)
-    unet = build_unet(UNetConfig(), num_classes=0).eval()
+    unet = build_unet(0, **asdict(UNetConfig())).eval()
     denoiser = Denoiser(unet, schedule_for(), ClassLabels(0))
     x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([100, 800])
     with torch.no_grad():

@@ -17,17 +17,33 @@ def mlflow_server(tmp_path):
         yield uri
 
 
-def test_a_two_trial_sweep_of_whole_distillations_nests_their_mlflow_runs_and_exports_the_best(tiny_teacher, tmp_path, mlflow_server, monkeypatch):
+def test_a_two_trial_sweep_of_whole_distillations_nests_their_mlflow_runs_and_exports_the_best(
+    tiny_teacher, tmp_path, mlflow_server, monkeypatch
+):
     import mlflow
 
     from orchestrator.sweep import SweepSpec, sweep
-    from workers.inference import sample_from_folder
+    from workers.models.inference import sample_from_folder
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     half = "{cpus_per_rank: 0.5, threads_per_rank: 1}"
-    overrides = [f"teacher={tiny_teacher / 'teacher'}", f"data={tiny_teacher / 'data'}", "generator_steps=2",
-                 "roles.critic.optimizer.learning_rate=1.0e-4", f"roles.teacher={half}", f"roles.critic={half}", f"roles.generator={half}"]
-    spec = SweepSpec(CONFIGS / "tiny.yaml", overrides, {"dmd2.critic_updates_per_generator_update": {"grid": [1, 2]}}, tmp_path / "sweep", num_samples=1, early_stopping=False)
+    overrides = [
+        f"teacher={tiny_teacher / 'teacher'}",
+        f"data={tiny_teacher / 'data'}",
+        "generator_steps=2",
+        "roles.critic.optimizer.learning_rate=1.0e-4",
+        f"roles.teacher={half}",
+        f"roles.critic={half}",
+        f"roles.generator={half}",
+    ]
+    spec = SweepSpec(
+        CONFIGS / "tiny.yaml",
+        overrides,
+        {"dmd2.critic_updates_per_generator_update": {"grid": [1, 2]}},
+        tmp_path / "sweep",
+        num_samples=1,
+        early_stopping=False,
+    )
     rows = sweep(spec)
 
     assert len(rows) == 2 and {r["dmd2.critic_updates_per_generator_update"] for r in rows} == {1, 2}
@@ -43,10 +59,20 @@ def test_a_two_trial_sweep_of_whole_distillations_nests_their_mlflow_runs_and_ex
         trial = tmp_path / "sweep" / "trials" / run.info.run_name.rsplit("-", 1)[1]
         summary = json.loads((trial / "summary.json").read_text())
         ratio = int(run.data.params["dmd2.critic_updates_per_generator_update"])
-        assert summary["generator_steps"] == 2 and summary["critic_steps"] == 2 * ratio and summary["mlflow_run_id"] == run.info.run_id
+        assert (
+            summary["generator_steps"] == 2
+            and summary["critic_steps"] == 2 * ratio
+            and summary["mlflow_run_id"] == run.info.run_id
+        )
         assert sorted(p.name for p in (trial / "checkpoints").iterdir()) == ["step-000002"]
         assert run.info.run_name.startswith("dmd2-2step-")  # method and step count, then the trial id
-        assert {"generator/dm_loss", "critic/denoising_loss", "generator/sample_std", "teacher/dm_x0_seconds", "eval/fd"} <= run.data.metrics.keys()
+        assert {
+            "generator/dm_loss",
+            "critic/denoising_loss",
+            "generator/sample_std",
+            "teacher/dm_x0_seconds",
+            "eval/fd",
+        } <= run.data.metrics.keys()
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"student_grid.png", "config.yaml", "summary.json", "student"} <= artifacts, artifacts
         assert sample_from_folder(trial / "student", 2, 4, seed=0).network_passes == 2
