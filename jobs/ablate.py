@@ -14,17 +14,10 @@ import argparse
 import shutil
 from pathlib import Path
 
-from jobs.cli import run_main
+from jobs.cli import add_overrides, config_file, run_main
 from orchestrator.ablation import run_ablation, run_configs, variant_overrides
 from orchestrator.config import AblationConfig
 from orchestrator.config_loading import load_config
-
-CONFIGS = Path(__file__).parent / "configs"
-
-
-def suite_path(suite: str) -> Path:
-    path = Path(suite)
-    return path if path.suffix in (".yaml", ".yml") else CONFIGS / f"ablation_{suite}.yaml"
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:
@@ -32,19 +25,14 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     parser.add_argument("--suite", default="imagine_flash", help="imagine_flash, fashion, or an ablation YAML")
     parser.add_argument("--config", type=Path, default=None, help="replace the suite's distillation config")
     parser.add_argument("--output", type=Path, default=Path("runs/ablation"))
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a distillation field in every variant",
-    )
+    add_overrides(parser, "override a distillation field in every variant")
     parser.add_argument("--dry-run", action="store_true", help="check every variant's config and inputs, start nothing")
     parser.add_argument("--fresh", action="store_true", help="redo runs whose output exists")
     args = parser.parse_args(argv)
     suite = load_config(
-        AblationConfig, suite_path(args.suite), [f"distill_config={args.config}"] if args.config else []
+        AblationConfig,
+        config_file(args.suite, prefix="ablation_"),
+        [f"distill_config={args.config}"] if args.config else [],
     )
     output = args.output.resolve()
     configs = run_configs(suite, output, args.overrides)

@@ -11,17 +11,9 @@ continues where it stopped; --teacher benchmarks an existing teacher folder inst
 import argparse
 from pathlib import Path
 
-from jobs.cli import run_main
+from jobs.cli import add_overrides, config_file, run_main
 from orchestrator.config import BenchmarkConfig
 from orchestrator.config_loading import load_config
-
-CONFIGS = Path(__file__).parent / "configs"
-
-
-def config_path(name: str) -> Path:
-    """A benchmark name (a config in jobs/configs) or a YAML path."""
-    path = Path(name)
-    return path if path.suffix in (".yaml", ".yml") else CONFIGS / f"{name}.yaml"
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:
@@ -31,19 +23,12 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     parser.add_argument(
         "--teacher", type=Path, default=None, help="benchmark this teacher folder instead of training one"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a benchmark config field, e.g. --set eval_num=500",
-    )
+    add_overrides(parser, "override a benchmark config field, e.g. --set eval_num=500")
     parser.add_argument(
         "--dry-run", action="store_true", help="check the benchmark and every student's config, start nothing"
     )
     args = parser.parse_args(argv)
-    config = load_config(BenchmarkConfig, config_path(args.name), args.overrides)
+    config = load_config(BenchmarkConfig, config_file(args.name), args.overrides)
     from orchestrator.benchmark import run_benchmark, student_configs, teacher_config
 
     teacher = teacher_config(config, args.output.resolve())

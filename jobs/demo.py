@@ -10,13 +10,12 @@ import json
 import shutil
 from pathlib import Path
 
-from jobs.cli import run_main
+from jobs.cli import CONFIGS, run_main
 from orchestrator.config import DistillConfig, TeacherTrainingConfig
 from orchestrator.config_loading import load_config
 from orchestrator.report import format_table, timed
 from workers.errors import UserError
 
-CONFIGS = Path(__file__).parent / "configs"
 # Four steps [999, 749, 499, 249]: DMD2's DM loss composed with Imagine Flash's SRL and its noise-corrected
 # sampler, 6 critic updates per generator update (5 before it, 1 beside it). Three choices together took
 # it from FD 4.04 to 3.60 (mean of 5 sampling seeds; each pair of them measured worse), DMD2's order at

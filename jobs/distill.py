@@ -7,11 +7,9 @@ import argparse
 import os
 from pathlib import Path
 
-from jobs.cli import run_main
+from jobs.cli import CONFIGS, add_overrides, run_main
 from orchestrator.config import DistillConfig
 from orchestrator.config_loading import load_config, to_dict
-
-CONFIGS = Path(__file__).parent / "configs"
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -23,14 +21,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         default=None,
         help="run folder: student/, checkpoints/, summary.json (default: the config's output)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a config field, e.g. --set generator_steps=50",
-    )
+    add_overrides(parser, "override a config field, e.g. --set generator_steps=50")
     parser.add_argument(
         "--dry-run",
         action="store_true",

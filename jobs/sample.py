@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> SampleResult:
     parser.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's own)"
     )
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
         "--out", type=Path, required=True, help=".npz with images (K,C,H,W) float32 in [-1,1] and labels (K,)"
     )

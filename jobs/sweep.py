@@ -14,10 +14,8 @@ import argparse
 import math
 from pathlib import Path
 
-from jobs.cli import run_main
+from jobs.cli import CONFIGS, add_overrides, run_main
 from orchestrator.sweep import SweepSpec, check_space, load_space
-
-CONFIGS = Path(__file__).parent / "configs"
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:
@@ -36,14 +34,7 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
         help="trials drawn from the space (each grid value counts once per sample)",
     )
     parser.add_argument("--output", type=Path, default=Path("runs/sweep"))
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a field in every trial",
-    )
+    add_overrides(parser, "override a field in every trial")
     parser.add_argument(
         "--early-stopping",
         action=argparse.BooleanOptionalAction,

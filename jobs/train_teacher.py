@@ -6,7 +6,7 @@ python -m jobs.train_teacher [--config FILE] [--set field.path=value ...]
 import argparse
 from pathlib import Path
 
-from jobs.cli import run_main
+from jobs.cli import add_overrides, run_main
 from orchestrator.config import TeacherTrainingConfig
 from orchestrator.config_loading import load_config, to_dict
 
@@ -14,14 +14,7 @@ from orchestrator.config_loading import load_config, to_dict
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m jobs.train_teacher", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path(__file__).parent / "configs" / "teacher_digits.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a config field, e.g. --set steps=500",
-    )
+    add_overrides(parser, "override a config field, e.g. --set steps=500")
     parser.add_argument(
         "--dry-run", action="store_true", help="check the config and inputs, print the resolved config, start nothing"
     )

@@ -80,24 +80,23 @@ class DrillCluster:
         self.cluster.shutdown()
 
 
+def drill_overrides(teacher: Path, data: Path) -> list[str]:
+    """The tiny config's overrides of every drill run, in-process or as a driver subprocess."""
+    return [
+        f"teacher={teacher}",
+        f"data={data}",
+        "teacher_recipe=null",
+        f"generator_steps={STEPS}",
+        f"checkpoint_every={CHECKPOINT_EVERY}",
+        "log_every=1",
+        "eval_every=0",
+        "eval_num=50",
+        *ROLE_PLACEMENT,
+    ]
+
+
 def drill_config(teacher: Path, data: Path, output: Path, *overrides: str) -> DistillConfig:
-    return load_config(
-        DistillConfig,
-        TINY,
-        [
-            f"teacher={teacher}",
-            f"data={data}",
-            f"output={output}",
-            "teacher_recipe=null",
-            f"generator_steps={STEPS}",
-            f"checkpoint_every={CHECKPOINT_EVERY}",
-            "log_every=1",
-            "eval_every=0",
-            "eval_num=50",
-            *ROLE_PLACEMENT,
-            *overrides,
-        ],
-    )
+    return load_config(DistillConfig, TINY, [*drill_overrides(teacher, data), f"output={output}", *overrides])
 
 
 def checkpoints_intact(output: Path) -> bool:
@@ -198,30 +197,36 @@ def lost_node(
 
     config = drill_config(teacher, data, folder / "run", f"fault_tolerance.capacity_wait_s={60 if comes_back else 8}")
 
-    failures: list[BaseException] = []
+    # distill runs on a thread and the node changes on this one: Ray's node handling installs signal handlers,
+    # which only the main thread may do.
+    hit_reached, outcome = threading.Event(), {}
 
-    def lose_the_node() -> None:
-        def swap() -> None:
-            try:
-                cluster.remove_train_node()
-                if comes_back:
-                    time.sleep(3)
-                    cluster.train = cluster.add_train_node()
-            except BaseException as error:  # surfaces in the result, not lost in a thread
-                failures.append(error)
+    def train(on_step) -> None:
+        try:
+            outcome["summary"] = distill(config, on_step=on_step)
+        except BaseException as error:  # re-raised or reported on the main thread
+            outcome["error"] = error
 
-        threading.Thread(target=swap, daemon=True).start()
-
-    watch, finished = StepWatch(hit, lose_the_node), None
-    try:
-        summary = distill(config, on_step=watch)
-        finished, note = watch, f"restarted {summary['restarts']} time(s), the roles re-placed on the new node"
-    except PlacementError as error:
+    watch = StepWatch(hit, hit_reached.set)
+    runner = threading.Thread(target=train, args=(watch,), daemon=True)
+    runner.start()
+    while not hit_reached.wait(0.2) and runner.is_alive():
+        pass
+    if hit_reached.is_set():
+        cluster.remove_train_node()
         if comes_back:
-            raise RuntimeError(f"the node did not come back ({failures or 'no error in the swap'})") from error
+            time.sleep(3)
+            cluster.train = cluster.add_train_node()
+    runner.join()
+    error, summary, finished = outcome.get("error"), outcome.get("summary"), watch
+    if error is not None and not (isinstance(error, PlacementError) and not comes_back):
+        raise error
+    if error is not None:
         cluster.train = cluster.add_train_node()  # capacity back: the same command resumes
-        finished, summary = StepWatch(-1), None
+        finished = StepWatch(-1)
         note = f"stopped: {str(error).split(';')[0]}; rerun once a node joined"
+    else:
+        note = f"restarted {summary['restarts']} time(s), the roles re-placed on the new node"
     run_id = None
     if summary is None:
         from orchestrator.checkpoint import latest_checkpoint
@@ -249,20 +254,7 @@ def lost_driver(cluster: DrillCluster, teacher: Path, data: Path, folder: Path, 
 
     config = drill_config(teacher, data, folder / "run")
     checkpoints = Path(config.output) / "checkpoints"
-    overrides = [
-        f"--set={o}"
-        for o in (
-            f"teacher={teacher}",
-            f"data={data}",
-            "teacher_recipe=null",
-            f"generator_steps={STEPS}",
-            f"checkpoint_every={CHECKPOINT_EVERY}",
-            "log_every=1",
-            "eval_every=0",
-            "eval_num=50",
-            *ROLE_PLACEMENT,
-        )
-    ]
+    overrides = [f"--set={o}" for o in drill_overrides(teacher, data)]
     env = os.environ | {"RAY_ADDRESS": cluster.cluster.address, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "jobs.distill", "--config", str(TINY), "--output", str(config.output), *overrides]
     driver = subprocess.Popen(command, cwd=TINY.parents[2], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -54,7 +54,6 @@ class RunMetrics:
         self.restarts = Gauge(
             "flashdistill_restarts", "Restarts of the role groups from a checkpoint, so far", tag_keys=("run",)
         )
-        self.steps_target.set(total_steps, tags=self.tags)
         self.last = None  # (time, step, critic updates) at the previous log
 
     def log(self, step: int, metrics: dict[str, float], progress) -> None:
@@ -64,6 +63,8 @@ class RunMetrics:
                 if f"{role}/{term}" in metrics:
                     self.loss.set(metrics[f"{role}/{term}"], tags=self.tags | {"role": role, "term": term})
         self.steps.set(step, tags=self.tags)
+        # Set at every log, not once: Ray exports only gauges recorded since its previous export.
+        self.steps_target.set(self.total, tags=self.tags)
         self.skipped.set(progress.skipped_cycles, tags=self.tags)
         self.restarts.set(progress.restarts, tags=self.tags)
         critic_updates = progress.critic_updates

