@@ -19,7 +19,7 @@ from workers.errors import UserError
 # Four steps [999, 749, 499, 249]: DMD2's DM loss composed with Imagine Flash's SRL and its noise-corrected
 # sampler, 6 critic updates per generator update (5 before it, 1 beside it). Three choices together took
 # it from FD 4.04 to 3.60 (mean of 5 sampling seeds; each pair of them measured worse), DMD2's order at
-# ratio 6 to 3.18 (README, "The four-step student"): later steps match the DM loss only below their
+# ratio 6 to 3.18 (docs/methods.md): later steps match the DM loss only below their
 # input's timestep, the last step trains half the time, and the DM loss's teacher guides with CFG 1.5.
 FOUR_STEPS = [
     "student.timesteps=[999,749,499,249]",

@@ -144,7 +144,7 @@ def evaluate_rows(config: BenchmarkConfig, teacher: Path, students: dict[str, di
             cache_file.write_text(json.dumps(cache, indent=2))
             seconds = record["seconds"] if record else None
         else:
-            seconds = students[kind]["seconds"]["total"]
+            seconds = students[kind]["seconds"]["setup"] + students[kind]["seconds"]["schedule"]  # over resumes
         rows.append({"model": title, "kind": kind, **metrics, "train_seconds": seconds})
         grid = output / "grids" / (kind + ("" if steps is None else f"_{sampler}_{steps}") + ".png")
         evaluate.grid(folder, grid, steps, sampler)

@@ -14,6 +14,7 @@ A search space is YAML mapping config paths to one domain each:
 """
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -137,6 +138,8 @@ def run_trial(params: dict, spec: SweepSpec, parent_run_id: str, tracking_uri: s
 
     from orchestrator.distill import default_run_name, distill
 
+    # The driver's store, whatever a reused worker process has in its environment (where it would win).
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     trial_id = tune.get_context().get_trial_id()
     config = trial_config(
         spec,

@@ -18,7 +18,7 @@ def test_dm_plus_srl_with_forward_noised_inputs_and_a_noise_corrected_student(ti
 
     from orchestrator.cycle import cycle
     from orchestrator.role_group import start_roles
-    from workers.evaluation.students import export_student
+    from workers.models.export import export_student
     from workers.models.folders import load_model_folder
     from workers.models.inference import sample_from_folder
     from workers.roles.messages import GenerateRequest
