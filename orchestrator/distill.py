@@ -238,6 +238,9 @@ class RunHooks:
         from orchestrator.checkpoint import save_checkpoint
 
         config = self.config
+        # Metrics up to a checkpoint reach MLflow before it exists: a killed driver's rerun continues the curve
+        # from there, with no gap.
+        self.logger.flush()
         save_checkpoint(
             groups,
             self.checkpoints,

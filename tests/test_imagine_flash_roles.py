@@ -42,7 +42,9 @@ def test_dm_plus_srl_with_forward_noised_inputs_and_a_noise_corrected_student(ti
         weights = ray.get(groups.generator.actors[0].state.remote())
         # The DM loss's timesteps: the whole range at the first step, at most t_1 = 499 at the second.
         first, second = (
-            ray.get(groups.generator.actors[0].generate.remote(GenerateRequest(7, k, keep_graph=False, shards=1))).t
+            ray.get(
+                groups.generator.actors[0].generate.remote(GenerateRequest((7, 0), k, keep_graph=False, shards=1))
+            ).t
             for k in (0, 1)
         )
     finally:
@@ -54,7 +56,12 @@ def test_dm_plus_srl_with_forward_noised_inputs_and_a_noise_corrected_student(ti
     assert metrics[0]["generator/srl_loss"] > 0
     assert seconds["teacher/srl_target_seconds"] > 0 and seconds["teacher/dm_x0_seconds"] > 0
     student = export_student(
-        weights, load_model_folder(config.teacher), config.student, tmp_path / "student", "dmd2+imagine-flash"
+        weights,
+        load_model_folder(config.teacher),
+        config.student.timesteps,
+        config.student.sampler,
+        tmp_path / "student",
+        "dmd2+imagine-flash",
     )
     scheduler = json.loads((student / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "NoiseCorrectedDDIMScheduler" and scheduler["noise_correction"] is True
