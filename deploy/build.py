@@ -209,14 +209,16 @@ def custom_resources(kind: NodeKind) -> dict:
 
 
 def ray_cluster_spec() -> dict:
-    # The dashboard listens on the pod's address: the RayJob submitter and the operator reach it through the
-    # head's in-cluster Service (ClusterIP, not exposed outside); token authentication guards it.
+    # The dashboard listens on 127.0.0.1 in the head pod only: the RayJob's submitter runs there as a sidecar
+    # (SidecarMode), and people reach it with `kubectl port-forward`; token authentication guards it too.
     head_ports = [
         {"containerPort": 6379, "name": "gcs"},
         {"containerPort": 8265, "name": "dashboard"},
         {"containerPort": 10001, "name": "client"},
         {"containerPort": 8080, "name": "metrics"},
     ]
+    head_pod = pod("ray-head", HEAD, HEAD_CPUS, 0, head_ports)
+    head_pod["spec"]["restartPolicy"] = "Never"  # SidecarMode's requirement: the operator replaces a failed head
     workers = []
     for kind in WORKERS:
         params = {
@@ -241,8 +243,8 @@ def ray_cluster_spec() -> dict:
         "autoscalerOptions": {"idleTimeoutSeconds": 600, "upscalingMode": "Default"},
         "headGroupSpec": {
             "serviceType": "ClusterIP",
-            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0", "metrics-export-port": "8080"},
-            "template": pod("ray-head", HEAD, HEAD_CPUS, 0, head_ports),
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "127.0.0.1", "metrics-export-port": "8080"},
+            "template": head_pod,
         },
         "workerGroupSpecs": workers,
     }
@@ -273,12 +275,6 @@ def ray_job() -> dict:
         },
         sort_keys=False,
     )
-    submitter = {
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{"name": "ray-job-submitter", "image": IMAGE, "env": AUTH_ENV}],
-        }
-    }
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
@@ -290,7 +286,8 @@ def ray_job() -> dict:
             "backoffLimit": 2,
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 600,
-            "submitterPodTemplate": submitter,
+            # The submitter runs in the head pod and reaches the dashboard on 127.0.0.1 (KubeRay 1.3 or later).
+            "submissionMode": "SidecarMode",
             "rayClusterSpec": ray_cluster_spec(),
         },
     }

@@ -127,13 +127,15 @@ def test_token_auth_mlflow_and_shared_storage_reach_every_pod():
     templates = [
         spec["headGroupSpec"]["template"],
         *(g["template"] for g in spec["workerGroupSpecs"]),
-        job["submitterPodTemplate"],
     ]
+    # The submitter runs inside the head pod, where the dashboard listens on 127.0.0.1 only.
+    assert job["submissionMode"] == "SidecarMode" and "submitterPodTemplate" not in job
+    assert spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
     for template in templates:
         env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
         assert env["RAY_AUTH_MODE"]["value"] == "token"
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "flashdistill-ray-token"
-    for template in templates[:-1]:
+    for template in templates:
         mounts = template["spec"]["containers"][0]["volumeMounts"]
         claims = [v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"]]
         assert mounts[0]["mountPath"] == "/shared" and claims == ["flashdistill-shared"]

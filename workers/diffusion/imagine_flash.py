@@ -1,4 +1,4 @@
-"""Imagine Flash's shifted reconstruction loss (ALGORITHMS.md) as pure tensor functions; no Ray, no DeepSpeed.
+"""Imagine Flash's shifted reconstruction loss (docs/methods.md) as pure tensor functions; no Ray, no DeepSpeed.
 
 The student's x0 estimate is re-noised to a shifted teacher timestep gamma(t); the teacher denoises
 it for k DDIM steps, and its x0 is the target the student's x0 regresses onto (no gradient through

@@ -1,4 +1,4 @@
-"""DMD2's losses as pure tensor functions (ALGORITHMS.md); no Ray, no DeepSpeed.
+"""DMD2's losses as pure tensor functions (docs/methods.md); no Ray, no DeepSpeed.
 
 Shapes: images (B, C, H, W); logits (B,) or (B, 1); timesteps (B,) int64.
 """

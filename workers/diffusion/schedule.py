@@ -1,6 +1,6 @@
 """The noise schedule as pure tensor functions: forward noising and prediction-type conversions.
 
-Notation (ALGORITHMS.md): abar[t] = alphas_cumprod, alpha_t = sqrt(abar[t]), sigma_t = sqrt(1 - abar[t]),
+Notation (docs/methods.md): abar[t] = alphas_cumprod, alpha_t = sqrt(abar[t]), sigma_t = sqrt(1 - abar[t]),
 x_t = alpha_t * x0 + sigma_t * eps. Conversions run in float64: at t = 999, 1/alpha_t is about 14.6
 on Stable Diffusion's schedule and 157 on diffusers' default linear one, so float32 round-off in
 x_t is amplified that much. No Ray, no DeepSpeed here.
