@@ -15,7 +15,7 @@ import numpy as np
 from orchestrator.config import DistillConfig
 from orchestrator.config_loading import to_dict
 from orchestrator.cycle import cycle, mean_metrics
-from orchestrator.placement import PlacementError, cluster_nodes, connect, is_role_failure
+from orchestrator.placement import PlacementError, cluster_nodes, connect, is_role_failure, wait_out_silent_nodes
 from orchestrator.preflight import check_inputs, ensure_inputs, preflight
 from orchestrator.progress import Progress, oscillation
 from orchestrator.role_group import Roles, start_roles
@@ -151,6 +151,7 @@ def run_with_recovery(
             resume_from = latest_checkpoint(checkpoints)
             where = f"checkpoint {resume_from.name}" if resume_from else "the start (no checkpoint yet)"
             print(f"role failure ({type(error).__name__}); restart {restarts}/{limit} from {where}", flush=True)
+            wait_out_silent_nodes(config.fault_tolerance.capacity_wait_s)
             if resume_from is None:
                 progress = Progress()
 

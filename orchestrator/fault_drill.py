@@ -198,8 +198,13 @@ def lost_node(
     config = drill_config(teacher, data, folder / "run", f"fault_tolerance.capacity_wait_s={60 if comes_back else 8}")
 
     # distill runs on a thread and the node changes on this one: Ray's node handling installs signal handlers,
-    # which only the main thread may do.
-    hit_reached, outcome = threading.Event(), {}
+    # which only the main thread may do. The step callback holds the run until the node is gone, so the fault
+    # hits after step `hit` and not a checkpoint later.
+    hit_reached, node_removed, outcome = threading.Event(), threading.Event(), {}
+
+    def hold_for_the_fault() -> None:
+        hit_reached.set()
+        node_removed.wait(120)
 
     def train(on_step) -> None:
         try:
@@ -207,13 +212,14 @@ def lost_node(
         except BaseException as error:  # re-raised or reported on the main thread
             outcome["error"] = error
 
-    watch = StepWatch(hit, hit_reached.set)
+    watch = StepWatch(hit, hold_for_the_fault)
     runner = threading.Thread(target=train, args=(watch,), daemon=True)
     runner.start()
     while not hit_reached.wait(0.2) and runner.is_alive():
         pass
     if hit_reached.is_set():
         cluster.remove_train_node()
+        node_removed.set()
         if comes_back:
             time.sleep(3)
             cluster.train = cluster.add_train_node()

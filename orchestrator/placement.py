@@ -106,11 +106,55 @@ def is_role_failure(error: BaseException) -> bool:
         ObjectLostError,
         RayActorError,
         RayTaskError,
+        UnserializableException,
         WorkerCrashedError,
     )
 
     lost = (RayActorError, GetTimeoutError, ObjectLostError, WorkerCrashedError, NodeDiedError)
+    if isinstance(error, UnserializableException):
+        # An error Ray could not rebuild (Ray Data's, when a read's actor was on a node that died): only its text
+        # says what happened.
+        return any(sign in str(error) for sign in ("its node has died", "node was terminated unexpectedly"))
     return isinstance(error, lost) or (isinstance(error, RayTaskError) and isinstance(error.cause, lost))
+
+
+@ray.remote(num_cpus=0)
+def answer() -> bool:
+    return True
+
+
+def wait_out_silent_nodes(timeout_s: float) -> list[str]:
+    """After a role failure, before anything is placed again: every node Ray lists as alive runs a no-resource
+    task; a node that does not answer is waited for until Ray declares it dead (at most `timeout_s`). A node
+    that is gone stays listed until its health checks run out, and a restart that placed a rank or a data
+    read there would fail again. Returns the ids of the nodes that were declared dead meanwhile."""
+    import time
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    def alive() -> set[str]:
+        return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+
+    pending = {
+        node: answer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+        for node in alive()
+    }
+    deadline, dead, said = time.monotonic() + timeout_s, [], False
+    while pending and time.monotonic() < deadline:
+        ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=1.0)
+        listed = alive()
+        dead += [node for node in pending if node not in listed]
+        pending = {node: ref for node, ref in pending.items() if ref not in ready and node in listed}
+        if pending and not said:
+            print(
+                f"{len(pending)} node(s) did not answer ({', '.join(n[:8] for n in pending)}); waiting up to "
+                f"{timeout_s:.0f}s for Ray to declare them dead before the roles are placed again",
+                flush=True,
+            )
+            said = True
+    for ref in pending.values():
+        ray.cancel(ref, force=True)
+    return dead
 
 
 def schedulable(resources: dict) -> dict:

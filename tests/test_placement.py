@@ -31,3 +31,15 @@ def test_a_submitted_job_places_roles_on_their_node_kinds_and_succeeds(tiny_teac
         result["summary"]["mlflow_run_id"]
     )  # in the store the job was given
     assert run.info.status == "FINISHED" and "generator/dm_loss" in run.data.metrics
+
+
+def test_a_node_death_that_ray_could_not_rebuild_counts_as_a_role_failure_and_a_bug_does_not():
+    from ray.exceptions import ActorDiedError, UnserializableException
+
+    from orchestrator.placement import is_role_failure
+
+    died = "ActorDiedError: The actor died because its node has died. Node Id: b66878"
+    assert is_role_failure(UnserializableException(died))  # Ray Data's read, on the node that went away
+    assert is_role_failure(ActorDiedError())
+    assert not is_role_failure(UnserializableException("ValueError: the shard's schema does not match"))
+    assert not is_role_failure(ValueError("a bug"))
