@@ -85,8 +85,9 @@ def balanced_labels(num: int, num_classes: int) -> np.ndarray | None:
     return np.arange(num, dtype=np.int64) % num_classes if num_classes else None
 
 
-def sample_folder(
-    folder: ModelFolder,
+@torch.no_grad()
+def sample_from_folder(
+    model_dir: Path,
     steps: int | None,
     num: int,
     seed: int,
@@ -94,10 +95,11 @@ def sample_folder(
     guidance_scale: float | None = None,
     sampler: str = "ddim",
 ) -> SampleResult:
-    """Sample `num` images from a loaded model folder with a fixed seed; timed end to end.
+    """Load a model folder (safetensors only) and sample `num` images from it with a fixed seed; timed end to end.
 
     The UNet runs channels-last, at batches of 128 (256 with CFG): measured 2.6 ms per 32x32 image and
     pass on 2 cores, against 4.5 ms contiguous at 500."""
+    folder = load_model_folder(Path(model_dir))
     manifest = folder.manifest
     scale = manifest.guidance_scale if guidance_scale is None else guidance_scale
     unet = folder.unet.to(memory_format=torch.channels_last)
@@ -121,17 +123,3 @@ def sample_folder(
         2 if scale != 1.0 and manifest.num_classes else 1
     )
     return SampleResult(np.concatenate(images), labels, seconds / num, passes)
-
-
-def sample_from_folder(
-    model_dir: Path,
-    steps: int | None,
-    num: int,
-    seed: int,
-    batch_size: int = 128,
-    guidance_scale: float | None = None,
-    sampler: str = "ddim",
-) -> SampleResult:
-    """Load a model folder (safetensors only) and sample it; see `sample_folder`."""
-    with torch.no_grad():
-        return sample_folder(load_model_folder(Path(model_dir)), steps, num, seed, batch_size, guidance_scale, sampler)
