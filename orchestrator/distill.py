@@ -2,7 +2,8 @@
 
 `run_schedule` is the loop: one `cycle` (orchestrator/cycle.py) per generator step, then logs,
 evaluations and checkpoints through `Hooks`. `run_with_recovery` wraps it: a role that dies or
-hangs restarts every group from the last checkpoint. `distill` is the whole run, tracked in MLflow.
+hangs restarts from the last checkpoint (the groups that still answer are kept). `distill` is the
+whole run, tracked in MLflow.
 """
 
 import json
@@ -104,20 +105,23 @@ def run_with_recovery(
     hooks: Hooks,
     stop: GracefulStop | None = None,
 ) -> tuple[Roles, Progress]:
-    """Start the roles and run the loop; when a role dies or hangs, tear down and restart from the last checkpoint.
+    """Start the roles and run the loop; when a role dies or hangs, restart from the last checkpoint: the groups
+    with a dead rank are started again, the others kept (all of them after a hang), and all load the checkpoint.
 
     Returns the live groups (for export) and the final progress, always with exactly
     config.generator_steps generator updates done.
     """
+    from ray.exceptions import GetTimeoutError
+
     from orchestrator.checkpoint import latest_checkpoint, load_checkpoint
 
-    restarts, run_id, first = progress.restarts, progress.mlflow_run_id, True
+    restarts, run_id, first, survivors = progress.restarts, progress.mlflow_run_id, True, {}
     while True:
         groups = None
         try:
             try:
                 wait = None if first else config.fault_tolerance.capacity_wait_s
-                groups = start_roles(config, num_train_timesteps, wait)
+                groups = start_roles(config, num_train_timesteps, wait, keep=survivors)
             except PlacementError as error:
                 if first:
                     raise
@@ -136,13 +140,15 @@ def run_with_recovery(
             progress.restarts, progress.mlflow_run_id = restarts, run_id
             return groups, run_schedule(groups, config, progress, hooks, stop)
         except Exception as error:
-            if groups is not None:
-                groups.shutdown()
-            if not is_role_failure(error):
-                raise
-            restarts += 1
+            running = groups.all() if groups is not None else list(survivors.values())
+            failed = is_role_failure(error)
+            restarts += failed
             limit = config.fault_tolerance.max_restarts
-            if restarts > limit:
+            if not failed or restarts > limit:
+                for group in running:
+                    group.shutdown()
+                if not failed:
+                    raise
                 raise RoleFailureError(
                     f"a role failed {restarts} times, more than fault_tolerance.max_restarts={limit} "
                     f"(last: {type(error).__name__}: {str(error).splitlines()[0][:200]}); check the nodes, then rerun "
@@ -152,6 +158,15 @@ def run_with_recovery(
             where = f"checkpoint {resume_from.name}" if resume_from else "the start (no checkpoint yet)"
             print(f"role failure ({type(error).__name__}); restart {restarts}/{limit} from {where}", flush=True)
             wait_out_silent_nodes(config.fault_tolerance.capacity_wait_s)
+            # Groups whose ranks all still answer are kept and roll back to the checkpoint with the new ones: a
+            # critic's crash does not reload the teacher. A hang, or no checkpoint to roll back to, restarts all.
+            keep = resume_from is not None and not isinstance(error, GetTimeoutError)
+            survivors = {group.name: group for group in running if keep and group.answers(30.0)}
+            for group in running:
+                if group.name not in survivors:
+                    group.shutdown()
+            if survivors:
+                print(f"kept the {' and '.join(survivors)} group(s): every rank still answers", flush=True)
             if resume_from is None:
                 progress = Progress()
 

@@ -90,6 +90,16 @@ class RoleGroup:
     def call(self, method: str, *args, **kwargs) -> list:
         return ray.get(self.call_async(method, *args, **kwargs))
 
+    def answers(self, timeout_s: float) -> bool:
+        """Whether every rank answers a no-op call within `timeout_s` (a group with a dead rank has a broken world)."""
+        refs = self.call_async("address")
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        try:
+            ray.get(ready)
+        except Exception:  # a rank's death, whichever Ray error reports it
+            return False
+        return len(ready) == len(refs)
+
     def shutdown(self) -> None:
         """Kill every rank (dead ones too) and release the placement group if the role reserved it."""
         for actor in self.actors:
@@ -125,9 +135,15 @@ class Roles:
             group.shutdown()
 
 
-def start_roles(config: DistillConfig, num_train_timesteps: int, placement_timeout_s: float | None = None) -> Roles:
+def start_roles(
+    config: DistillConfig,
+    num_train_timesteps: int,
+    placement_timeout_s: float | None = None,
+    keep: dict[str, RoleGroup] | None = None,
+) -> Roles:
     """Start the teacher, critic and generator groups and load their models; each group waits up to
-    `placement_timeout_s` (default: the config's) for the nodes its ranks need."""
+    `placement_timeout_s` (default: the config's) for the nodes its ranks need. `keep`: groups of a failed
+    run that still answer, by role, reused as they are (the caller loads the checkpoint into every group)."""
     from ray.util import get_current_placement_group
 
     from orchestrator.setups import role_setups
@@ -135,7 +151,7 @@ def start_roles(config: DistillConfig, num_train_timesteps: int, placement_timeo
     from workers.roles.generator import Generator
     from workers.roles.teacher import Teacher
 
-    roles = config.roles
+    roles, keep = config.roles, keep or {}
     trial = get_current_placement_group()  # inside a Tune trial: its reservation holds every role's bundles
     offsets = role_bundle_offsets(roles)
     if trial is not None:
@@ -146,6 +162,8 @@ def start_roles(config: DistillConfig, num_train_timesteps: int, placement_timeo
     started: list[RoleGroup] = []
     try:  # a failure part-way leaves no actor or placement group behind
         for name, actor_class in (("teacher", Teacher), ("critic", Critic), ("generator", Generator)):
+            if name in keep:
+                continue
             reserved = (trial, offsets[name]) if trial is not None else None
             started.append(
                 RoleGroup(
@@ -158,27 +176,22 @@ def start_roles(config: DistillConfig, num_train_timesteps: int, placement_timeo
                     reserved=reserved,
                 )
             )
-        groups = Roles(*(group.join() for group in started))
-        gan = config.dmd2.gan_generator_weight > 0
-        critic_data = real_data_splits(config.data, roles.critic.ranks) if gan else [None] * roles.critic.ranks
-        forward_noised = config.student.inputs == "forward_noised"
-        generator_data = (
-            real_data_splits(config.data, roles.generator.ranks) if forward_noised else [None] * roles.generator.ranks
-        )
-        teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
+        new = {group.name: group.join() for group in started}
+        groups = Roles(**keep, **new)
+        real_data = {
+            "teacher": False,
+            "critic": config.dmd2.gan_generator_weight > 0,
+            "generator": config.student.inputs == "forward_noised",
+        }
         teacher = str(Path(config.teacher).resolve())
-        ray.get(
-            groups.teacher.call_async("setup", teacher, teacher_setup)
-            + [
-                actor.setup.remote(teacher, critic_setup, split)
-                for actor, split in zip(groups.critic.actors, critic_data)
-            ]
-            + [
-                actor.setup.remote(teacher, generator_setup, split)
-                for actor, split in zip(groups.generator.actors, generator_data)
-            ],
-            timeout=config.fault_tolerance.cycle_timeout_s,
-        )
+        setups = dict(zip(("teacher", "critic", "generator"), role_setups(config, num_train_timesteps)))
+        calls = []
+        for name, group in new.items():
+            splits = real_data_splits(config.data, group.ranks) if real_data[name] else None
+            for rank, actor in enumerate(group.actors):
+                data = () if splits is None else (splits[rank],)
+                calls.append(actor.setup.remote(teacher, setups[name], *data))
+        ray.get(calls, timeout=config.fault_tolerance.cycle_timeout_s)
         return groups
     except BaseException:
         for group in started:
@@ -187,7 +200,10 @@ def start_roles(config: DistillConfig, num_train_timesteps: int, placement_timeo
 
 
 def real_data_splits(path: Path, ranks: int) -> list:
-    """One Ray Data iterator per rank, in a fixed order so a resumed run sees the same stream."""
+    """One materialized Ray Data split per rank, in a fixed order so a resumed run sees the same stream.
+
+    Read once into the object store and split by blocks: no split-coordinator actor to start per role and
+    restart (`streaming_split` starts one)."""
     from workers.data.streams import ray_dataset
 
-    return ray_dataset(path).materialize().streaming_split(ranks, equal=True)
+    return ray_dataset(path).materialize().split(ranks, equal=True)
