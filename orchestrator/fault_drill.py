@@ -58,7 +58,7 @@ class DrillCluster:
 
     def __init__(self, cluster):
         self.cluster = cluster
-        cluster.add_node(num_cpus=2, resources={"inference_gpu": 1})
+        self.inference = cluster.add_node(num_cpus=2, resources={"inference_gpu": 1})
         self.train = self.add_train_node()
         cluster.wait_for_nodes()
 
@@ -74,7 +74,24 @@ class DrillCluster:
         return self.cluster.add_node(num_cpus=2, resources={"train_gpu": 1})
 
     def remove_train_node(self) -> None:
+        """The node and every process on it gone at once, as when a machine is lost (Ray's removal stops the
+        node's own processes; its workers would live on, finishing a step, until they notice)."""
+        import psutil
+
+        raylet = psutil.Process(self.train.all_processes["raylet"][0].process.pid)
+        workers = raylet.children(recursive=True)
         self.cluster.remove_node(self.train, allow_graceful=False)
+        for worker in workers:
+            try:
+                worker.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    def remove_nodes(self) -> None:
+        """Take out the nodes this drill added (a cluster it shares, the tests', carries on without them)."""
+        for node in (self.inference, self.train):
+            if node in self.cluster.worker_nodes:
+                self.cluster.remove_node(node)
 
     def shutdown(self) -> None:
         self.cluster.shutdown()

@@ -2,6 +2,7 @@
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# MLflow runs of tests that do not check them (the tiny teacher's) go to a store of the session's, not into the
+# checkout's runs/mlflow.db; tests that check runs point MLFLOW_TRACKING_URI at a store of their own.
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='flashdistill-tests-')}/mlflow.db")
 
 
 def free_port() -> int:

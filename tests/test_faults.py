@@ -11,7 +11,9 @@ from orchestrator.fault_drill import CHECKPOINT_EVERY, STEPS, DrillCluster, run_
 @pytest.fixture(scope="module")
 def drill(ray_cluster, tiny_teacher, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
-    return DrillCluster(ray_cluster), tiny_teacher
+    cluster = DrillCluster(ray_cluster)
+    yield cluster, tiny_teacher
+    cluster.remove_nodes()
 
 
 @pytest.fixture(scope="module")
