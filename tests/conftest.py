@@ -43,7 +43,12 @@ def ray_cluster():
         "dashboard_host": "127.0.0.1",
         "dashboard_port": free_port(),
         "dashboard_agent_listen_port": free_port(),
-        "_system_config": {"metrics_report_interval_ms": 1000},  # live metrics within a second or two
+        "_system_config": {
+            "metrics_report_interval_ms": 1000,  # live metrics within a second or two
+            # A node the fault tests remove is declared dead after 5 missed health checks a second apart
+            # (Ray's default period is 3 s); a check still waits Ray's 10 s for a busy node's answer.
+            "health_check_period_ms": 1000,
+        },
     }
     cluster = Cluster(initialize_head=True, head_node_args=head)
     ray.init(address=cluster.address, log_to_driver=False)
