@@ -214,16 +214,17 @@ class FaultToleranceConfig:
     """What a run survives: role actors dying, hangs, and non-finite numbers."""
 
     max_restarts: int = 3
-    """Times the role groups are torn down and restarted from the last checkpoint after a role fails; one more
-    failure ends the run."""
+    """Times the run restarts from the last checkpoint after a role fails (the groups with a dead rank start
+    again, the others are kept and roll back); one more failure ends the run."""
     cycle_timeout_s: float = 600.0
     """A TTUR cycle (or checkpoint, evaluation) taking longer than this counts as a role failure: a hang never
     goes unnoticed."""
     max_nonfinite_in_a_row: int = 5
     """Cycles in a row with a skipped non-finite update before the run stops with an error."""
     capacity_wait_s: float = 600.0
-    """After a failure (a lost node, preempted ranks), how long the restart waits for nodes with the roles'
-    resources to come back; past it the run stops with its last checkpoint and an error naming the role."""
+    """After a failure (a lost node, preempted ranks), how long the restart waits for a node that stopped
+    answering to be declared dead, and for nodes with the roles' resources to come back; past it the run stops
+    with its last checkpoint and an error naming the role."""
     stop_timeout_s: float = 120.0
     """After SIGTERM (`ray job stop`, a node being reclaimed) the run finishes its cycle, checkpoints and closes
     its MLflow run as KILLED; past this many seconds it exits without that checkpoint (the last one stays).
