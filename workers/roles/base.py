@@ -66,6 +66,10 @@ class RoleWorker:
             raise ValueError(
                 f"the {self.role} needs real data (GAN or forward-noised inputs) but got no Ray Data split"
             )
+        import logging
+
+        # Ray Data logs each pass over a split at INFO: a line per epoch of real batches, in the job's output.
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         self._real_source = (real_data, batch_size, image_shape)
         self.real_batches = self._stream(real_data, batch_size, image_shape, 0)
 
