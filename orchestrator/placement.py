@@ -123,11 +123,11 @@ def answer() -> bool:
     return True
 
 
-def wait_out_silent_nodes(timeout_s: float) -> list[str]:
+def wait_out_silent_nodes(timeout_s: float) -> None:
     """After a role failure, before anything is placed again: every node Ray lists as alive runs a no-resource
     task; a node that does not answer is waited for until Ray declares it dead (at most `timeout_s`). A node
     that is gone stays listed until its health checks run out, and a restart that placed a rank or a data
-    read there would fail again. Returns the ids of the nodes that were declared dead meanwhile."""
+    read there would fail again."""
     import time
 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -139,11 +139,10 @@ def wait_out_silent_nodes(timeout_s: float) -> list[str]:
         node: answer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
         for node in alive()
     }
-    deadline, dead, said = time.monotonic() + timeout_s, [], False
+    deadline, said = time.monotonic() + timeout_s, False
     while pending and time.monotonic() < deadline:
         ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=1.0)
         listed = alive()
-        dead += [node for node in pending if node not in listed]
         pending = {node: ref for node, ref in pending.items() if ref not in ready and node in listed}
         if pending and not said:
             print(
@@ -154,7 +153,6 @@ def wait_out_silent_nodes(timeout_s: float) -> list[str]:
             said = True
     for ref in pending.values():
         ray.cancel(ref, force=True)
-    return dead
 
 
 def schedulable(resources: dict) -> dict:
