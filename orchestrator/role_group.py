@@ -6,6 +6,7 @@ satisfy it within `timeout_s`, the error names the role and the missing resource
 """
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,13 +52,10 @@ class RoleGroup:
         ]
         self.node_ids: list[str] = []
 
-    def join(self) -> "RoleGroup":
-        """Form the role's DeepSpeed world. Separate from starting the actors, so that every role's
-        processes start (import torch, DeepSpeed, diffusers) at the same time."""
-        master_addr, master_port = ray.get(self.actors[0].address.remote())
-        # Every rank joins at once: the rendezvous waits for all of them. Each role has its own port.
-        self.node_ids = ray.get([actor.join_world.remote(master_addr, master_port) for actor in self.actors])
-        return self
+    def join_async(self, master: tuple[str, int]) -> list:
+        """Every rank joins the role's DeepSpeed world at `master` (rank 0's address, a port of the role's own);
+        returns refs to their node ids. Separate from starting the actors, so every role's processes start at once."""
+        return [actor.join_world.remote(*master) for actor in self.actors]
 
     @staticmethod
     def _reserve(name: str, config: RoleConfig, timeout_s: float) -> PlacementGroup:
@@ -176,7 +174,7 @@ def start_roles(
                     reserved=reserved,
                 )
             )
-        new = {group.name: group.join() for group in started}
+        new = {group.name: group for group in started}
         groups = Roles(**keep, **new)
         real_data = {
             "teacher": False,
@@ -186,17 +184,33 @@ def start_roles(
         teacher = str(Path(config.teacher).resolve())
         setups = dict(zip(("teacher", "critic", "generator"), role_setups(config, num_train_timesteps)))
         calls = []
-        for name, group in new.items():
-            splits = real_data_splits(config.data, group.ranks) if real_data[name] else None
-            for rank, actor in enumerate(group.actors):
-                data = () if splits is None else (splits[rank],)
-                calls.append(actor.setup.remote(teacher, setups[name], *data))
+        # Ray Data reads the real images while the roles' processes start and join their worlds (done one
+        # after the other, these waits cost several seconds of every start on a small machine).
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            splits = {
+                name: reader.submit(real_data_splits, config.data, group.ranks)
+                for name, group in new.items()
+                if real_data[name]
+            }
+            join_worlds(started)
+            for name, group in new.items():
+                for rank, actor in enumerate(group.actors):
+                    data = (splits[name].result()[rank],) if name in splits else ()
+                    calls.append(actor.setup.remote(teacher, setups[name], *data))
         ray.get(calls, timeout=config.fault_tolerance.cycle_timeout_s)
         return groups
     except BaseException:
         for group in started:
             group.shutdown()
         raise
+
+
+def join_worlds(groups: list[RoleGroup]) -> None:
+    """Form every group's DeepSpeed world at once: one role's DeepSpeed import and rendezvous overlap the others'."""
+    masters = ray.get([group.actors[0].address.remote() for group in groups])
+    joins = [group.join_async(master) for group, master in zip(groups, masters)]
+    for group, refs in zip(groups, joins):
+        group.node_ids = ray.get(refs)
 
 
 def real_data_splits(path: Path, ranks: int) -> list:
