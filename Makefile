@@ -44,7 +44,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: setup system-packages lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf runs mlruns

@@ -116,7 +116,7 @@ def evaluate_rows(config: BenchmarkConfig, teacher: Path, students: dict[str, di
     data = Path(config.data)
     train, test = read_arrays(data / "train"), read_arrays(data / "test")
     fd_sizes = tuple(config.fd_sizes)
-    evaluate = StudentEvaluator(train, config.eval_num, config.seed, test=test, fd_sizes=fd_sizes)
+    evaluate = StudentEvaluator(train, config.eval_num, config.seed, test=test, fd_sizes=fd_sizes, progress=True)
     record = training_record(teacher)
     rows = [
         {

@@ -42,16 +42,19 @@ class StudentEvaluator:
         test: ImageArrays | None = None,
         fd_sizes: tuple[int, ...] = (),
         yardstick=None,
+        progress: bool = False,
     ):
         """`data` trains the yardstick; FD compares with `test` (unset: `data`, the yardstick then trained on a
         held-out split of it). Metrics are of `num` samples, plus `fd_N` of N samples for each N in `fd_sizes`.
         `repeats` > 1: every metric is the mean over sampling seeds seed .. seed + repeats - 1, and `fd_std`
         their spread (the FD of 1,000 digits moves by about 0.5 between seeds). `yardstick`: the classifiers
-        to measure with; unset: the cached ones for this data (trained on first use)."""
+        to measure with; unset: the cached ones for this data (trained on first use). `progress`: a progress bar
+        while each model samples."""
         from workers.evaluation.quality import ReferenceSet
         from workers.evaluation.yardstick import load_or_train_yardstick
 
         self.num, self.seed, self.repeats, self.fd_sizes = num, seed, repeats, tuple(fd_sizes)
+        self.progress = progress
         self.yardstick = yardstick or load_or_train_yardstick(data, test)
         self.reference = ReferenceSet(data if test is None else test, self.yardstick)
         self.class_names = (test if test is not None else data).class_names
@@ -66,7 +69,8 @@ class StudentEvaluator:
         from workers.evaluation.quality import evaluate_at_sizes
         from workers.models.inference import sample_from_folder
 
-        result = sample_from_folder(folder_path, steps, max([self.num, *self.fd_sizes]), seed, sampler=sampler)
+        num = max([self.num, *self.fd_sizes])
+        result = sample_from_folder(folder_path, steps, num, seed, sampler=sampler, progress=self.progress)
         metrics = evaluate_at_sizes(result.images, result.labels, self.reference, self.num, self.fd_sizes)
         metrics["seconds_per_image"] = result.seconds_per_image
         metrics["network_passes"] = result.network_passes

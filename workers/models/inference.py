@@ -94,11 +94,15 @@ def sample_from_folder(
     batch_size: int = 128,
     guidance_scale: float | None = None,
     sampler: str = "ddim",
+    progress: bool = False,
 ) -> SampleResult:
     """Load a model folder (safetensors only) and sample `num` images from it with a fixed seed; timed end to end.
+    `progress`: a progress bar over the batches (5,000 samples of a 50-step teacher take minutes).
 
     The UNet runs channels-last, at batches of 128 (256 with CFG): measured 2.6 ms per 32x32 image and
     pass on 2 cores, against 4.5 ms contiguous at 500."""
+    from tqdm import tqdm
+
     folder = load_model_folder(Path(model_dir))
     manifest = folder.manifest
     scale = manifest.guidance_scale if guidance_scale is None else guidance_scale
@@ -109,7 +113,9 @@ def sample_from_folder(
     labels = balanced_labels(num, manifest.num_classes)
     generator = torch.Generator().manual_seed(seed)
     images, start = [], time.perf_counter()
-    for begin in range(0, num, batch_size):
+    name = Path(model_dir).name
+    batches = tqdm(range(0, num, batch_size), desc=f"sampling {name}", unit="batch", leave=False, disable=not progress)
+    for begin in batches:
         size = min(batch_size, num - begin)
         noise = torch.randn((size, *shape), generator=generator)
         batch_labels = None if labels is None else torch.from_numpy(labels[begin : begin + size])
