@@ -60,6 +60,7 @@ def run_params(config_dict: dict, uri: str) -> dict[str, str]:
 def local_server(root: Path, timeout_s: float = 120):
     """`mlflow server` on 127.0.0.1 over a SQLite store and artifact folder in `root`; yields its URI
     once it answers /health, and stops it on exit (tests and benchmarks; users start their own)."""
+    import os
     import socket
     import subprocess
     import sys
@@ -88,6 +89,8 @@ def local_server(root: Path, timeout_s: float = 120):
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Without MLflow's server-side jobs, which nothing here submits: they would start five more processes.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     uri = f"http://127.0.0.1:{port}"
     try:
