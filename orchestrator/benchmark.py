@@ -121,6 +121,7 @@ def evaluate_rows(config: BenchmarkConfig, teacher: Path, students: dict[str, di
     rows = [
         {
             "model": f"real data ({config.source} training images)",
+            "name": "real_data",
             "kind": "floor",
             **real_data_row(train, evaluate.reference, config.eval_num, config.seed, fd_sizes),
         }
@@ -130,12 +131,7 @@ def evaluate_rows(config: BenchmarkConfig, teacher: Path, students: dict[str, di
         f"{weights_fingerprint(teacher)}-{config.eval_num}-{fd_sizes}-{config.seed}",
     )
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    names = {"ddim": "DDIM", "dpm_solver": "DPM-Solver++"}
-    jobs = [
-        (f"teacher, {row.steps} {names[row.sampler]} steps", "teacher", teacher, row.steps, row.sampler)
-        for row in config.teacher_rows
-    ]
-    jobs += [(config.students[name].title or name, name, output / name, None, "ddim") for name in students]
+    jobs = model_rows(config, teacher, students, output)
     for title, kind, folder, steps, sampler in tqdm(jobs, desc="[benchmark] evaluating", unit="row"):
         cached = cache.get(key, {}).get(title) if kind == "teacher" else None
         metrics = cached or evaluate(folder, steps, sampler)
@@ -145,10 +141,32 @@ def evaluate_rows(config: BenchmarkConfig, teacher: Path, students: dict[str, di
             seconds = record["seconds"] if record else None
         else:
             seconds = students[kind]["seconds"]["setup"] + students[kind]["seconds"]["schedule"]  # over resumes
-        rows.append({"model": title, "kind": kind, **metrics, "train_seconds": seconds})
-        grid = output / "grids" / (kind + ("" if steps is None else f"_{sampler}_{steps}") + ".png")
-        evaluate.grid(folder, grid, steps, sampler)
+        name = row_name(kind, steps, sampler)
+        rows.append({"model": title, "name": name, "kind": kind, **metrics, "train_seconds": seconds})
+        evaluate.grid(folder, output / "grids" / f"{name}.png", steps, sampler)
     return rows
+
+
+def model_rows(config: BenchmarkConfig, teacher: Path, students, output: Path) -> list[tuple]:
+    """(title, kind, folder, steps, sampler) of every model row: the teacher's samplers, then each student."""
+    samplers = {"ddim": "DDIM", "dpm_solver": "DPM-Solver++"}
+    jobs = [
+        (f"teacher, {row.steps} {samplers[row.sampler]} steps", "teacher", teacher, row.steps, row.sampler)
+        for row in config.teacher_rows
+    ]
+    return jobs + [(config.students[name].title or name, name, output / name, None, "ddim") for name in students]
+
+
+def row_name(kind: str, steps: int | None, sampler: str) -> str:
+    """A row's name in its grid's file name and its MLflow metric keys: the student's key, or
+    teacher_<sampler>_<steps> (titles such as "DPM-Solver++" hold characters MLflow refuses in a key)."""
+    return kind if steps is None else f"{kind}_{sampler}_{steps}"
+
+
+def tracked_metrics(rows: list[dict]) -> dict[str, float]:
+    """The table's numbers as MLflow metrics: <row name>/<column key>, e.g. teacher_dpm_solver_4/fd."""
+    keys = [key for key, *_ in BENCHMARK_COLUMNS]
+    return {f"{row['name']}/{key}": row[key] for row in rows for key in keys if row.get(key) is not None}
 
 
 def run_benchmark(config: BenchmarkConfig, output: Path, teacher: Path | None = None) -> list[dict]:
@@ -177,13 +195,5 @@ def run_benchmark(config: BenchmarkConfig, output: Path, teacher: Path | None = 
         mlflow.log_text(table + "\n", "table.md")
         mlflow.log_artifact(str(output / "results.json"))
         mlflow.log_artifacts(str(output / "grids"), artifact_path="grids")
-        for row in rows:
-            name = row["kind"] if row["kind"] != "teacher" else row["model"].replace(", ", "_").replace(" ", "_")
-            mlflow.log_metrics(
-                {
-                    f"{name}/{k}": row[k]
-                    for k in ("fd", "precision", "recall", "class_accuracy")
-                    if row.get(k) is not None
-                }
-            )
+        mlflow.log_metrics(tracked_metrics(rows))
     return rows

@@ -181,3 +181,30 @@ def test_a_benchmark_student_with_a_bad_override_is_refused_before_any_work(tmp_
                 "distill_overrides=[student.sampler=noise_corrected_ddim]",
             ]
         )
+
+
+@pytest.mark.parametrize("benchmark", ["fashion", "fashion_gpu"])
+def test_every_row_of_the_benchmark_table_logs_to_mlflow_under_a_key_of_its_own(benchmark, tmp_path):
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from jobs.cli import config_file
+    from orchestrator.benchmark import model_rows, row_name, tracked_metrics
+    from orchestrator.config import BenchmarkConfig
+    from orchestrator.config_loading import load_config
+    from orchestrator.report import BENCHMARK_COLUMNS
+
+    config = load_config(BenchmarkConfig, config_file(benchmark), [])
+    rows = [{"name": "real_data", "fd": 3.0}]
+    for i, (_, kind, _, steps, sampler) in enumerate(model_rows(config, tmp_path, config.students, tmp_path)):
+        rows.append({"name": row_name(kind, steps, sampler), **{key: float(i) for key, *_ in BENCHMARK_COLUMNS}})
+    metrics = tracked_metrics(rows)
+    assert len(metrics) == 1 + (len(rows) - 1) * len(BENCHMARK_COLUMNS)  # no two rows share a key
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("benchmark"))
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
+    assert client.get_run(run.info.run_id).data.metrics == metrics
