@@ -7,6 +7,7 @@ whole run, tracked in MLflow.
 """
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +17,14 @@ import numpy as np
 from orchestrator.config import DistillConfig
 from orchestrator.config_loading import to_dict
 from orchestrator.cycle import cycle, mean_metrics
-from orchestrator.placement import PlacementError, cluster_nodes, connect, is_role_failure, wait_out_silent_nodes
+from orchestrator.placement import (
+    PlacementError,
+    cluster_nodes,
+    connect,
+    is_role_failure,
+    local_nodes,
+    wait_out_silent_nodes,
+)
 from orchestrator.preflight import check_inputs, ensure_inputs, preflight
 from orchestrator.progress import Progress, oscillation
 from orchestrator.role_group import Roles, start_roles
@@ -272,6 +280,7 @@ def distill(config: DistillConfig, on_evaluation=None, on_step=None) -> dict:
     `on_evaluation(step, metrics)` is called after every FD evaluation, the final one included (a
     Tune trial reports them to its scheduler); `on_step(step)` after every log (the fault drill watches it)."""
     import mlflow
+    import ray
 
     from orchestrator.checkpoint import read_progress
     from orchestrator.report import training_curves
@@ -280,7 +289,10 @@ def distill(config: DistillConfig, on_evaluation=None, on_step=None) -> dict:
     from workers.metric_logger import MetricLogger
     from workers.models.folders import load_model_folder
 
-    # Check everything, then reserve: one cluster sized for every role, before the teacher may be made.
+    # Check everything, then reserve: one cluster sized for every role, before the teacher may be made. A
+    # local cluster takes seconds to start, so a run that will start one is checked before it too.
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        preflight(config, local_nodes(), may_grow=False)
     started_local = connect(role_cpus(config))
     resume_from = preflight(config, cluster_nodes(), may_grow=not started_local and config.cluster_autoscales)
     if ensure_inputs(config):

@@ -4,6 +4,7 @@ Each case runs `jobs.distill --dry-run` on the tiny config plus one or two overr
 README.md ("Config errors") lists the same mistakes.
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -204,6 +205,34 @@ def test_a_bad_config_prints_no_traceback_from_the_command_line(tiny_teacher):
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: student.timesteps"), done.stderr
+
+
+def test_a_real_run_with_missing_data_stops_before_it_starts_a_local_ray_cluster(tiny_teacher):
+    """Without --dry-run too: the run checks its inputs before the seconds a local cluster takes to start."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.distill",
+            "--config",
+            str(CONFIGS / "tiny.yaml"),
+            "--set",
+            "data=/nonexistent/data",
+            "--set",
+            f"teacher={tiny_teacher / 'teacher'}",
+            "--set",
+            "student.inputs=forward_noised",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: data: data set folder /nonexistent/data"), done.stderr
+    assert "Ray instance" not in done.stdout + done.stderr, done.stderr
 
 
 def test_float_fields_accept_yaml_exponents_without_a_dot():
