@@ -183,52 +183,28 @@ def test_resume_never_refuses_an_output_with_checkpoints(tiny_teacher, tmp_path,
     assert (tmp_path / "run" / "checkpoints" / "step-000002").is_dir()  # nothing lost
 
 
-def test_a_bad_config_prints_no_traceback_from_the_command_line(tiny_teacher):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.distill",
-            "--config",
-            str(CONFIGS / "tiny.yaml"),
-            "--set",
-            f"data={tiny_teacher / 'data'}",
-            "--set",
-            f"teacher={tiny_teacher / 'teacher'}",
-            "--set",
-            "student.timesteps=[499,999]",
-            "--dry-run",
-        ],
+def distill_command_line(tiny_teacher: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m jobs.distill` on the tiny config with the session's teacher, as a user runs it, without
+    RAY_ADDRESS: a run that gets past its checks starts a local Ray cluster."""
+    sets = [arg for override in (f"teacher={tiny_teacher / 'teacher'}", *overrides) for arg in ("--set", override)]
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.distill", "--config", str(CONFIGS / "tiny.yaml"), *sets],
         capture_output=True,
         text=True,
         cwd=REPO,
+        env={key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"},
     )
+
+
+def test_a_bad_config_prints_no_traceback_from_the_command_line(tiny_teacher):
+    done = distill_command_line(tiny_teacher, f"data={tiny_teacher / 'data'}", "student.timesteps=[499,999]")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: student.timesteps"), done.stderr
 
 
 def test_a_real_run_with_missing_data_stops_before_it_starts_a_local_ray_cluster(tiny_teacher):
-    """Without --dry-run too: the run checks its inputs before the seconds a local cluster takes to start."""
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.distill",
-            "--config",
-            str(CONFIGS / "tiny.yaml"),
-            "--set",
-            "data=/nonexistent/data",
-            "--set",
-            f"teacher={tiny_teacher / 'teacher'}",
-            "--set",
-            "student.inputs=forward_noised",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
+    """The run checks its inputs before the seconds a local cluster takes to start."""
+    done = distill_command_line(tiny_teacher, "data=/nonexistent/data", "student.inputs=forward_noised")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     last_line = done.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: data: data set folder /nonexistent/data"), done.stderr
