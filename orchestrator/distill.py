@@ -290,11 +290,13 @@ def distill(config: DistillConfig, on_evaluation=None, on_step=None) -> dict:
     from workers.models.folders import load_model_folder
 
     # Check everything, then reserve: one cluster sized for every role, before the teacher may be made. A
-    # local cluster takes seconds to start, so a run that will start one is checked before it too.
-    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        preflight(config, local_nodes(), may_grow=False)
-    started_local = connect(role_cpus(config))
-    resume_from = preflight(config, cluster_nodes(), may_grow=not started_local and config.cluster_autoscales)
+    # local cluster takes seconds to start, so a run that will start one is checked against it beforehand.
+    starts_local = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    if starts_local:
+        resume_from = preflight(config, local_nodes(), may_grow=False)
+    connect(role_cpus(config))
+    if not starts_local:
+        resume_from = preflight(config, cluster_nodes(), may_grow=config.cluster_autoscales)
     if ensure_inputs(config):
         check_inputs(config)  # a teacher made just now is checked too
     output = Path(config.output).resolve()

@@ -19,22 +19,9 @@ def import_deepspeed():
     DeepSpeed start in every fresh environment here (`ninja` log), once per virtualenv path.
     DeepSpeed keeps its probe result in one module-level dict and reads it when building the
     backend, so marking the op incompatible there makes the backend fall back to gloo.
-
-    In a process that has not loaded MLflow (a role actor), DeepSpeed is imported with MLflow hidden:
-    only its autotuner logs to MLflow, and importing MLflow for it cost 1.0-1.6 s of CPU in every
-    actor start (of 8.8 s for a critic's imports, `python -X importtime`). MLflow imports normally after.
     """
-    import sys
-
-    hide_mlflow = "mlflow" not in sys.modules and "deepspeed" not in sys.modules
-    if hide_mlflow:
-        sys.modules["mlflow"] = None  # `import mlflow` raises ImportError: the autotuner's has_mlflow = False
-    try:
-        import deepspeed
-        import deepspeed.ops
-    finally:
-        if hide_mlflow:
-            del sys.modules["mlflow"]
+    import deepspeed
+    import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     return deepspeed
