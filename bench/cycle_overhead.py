@@ -15,14 +15,13 @@ import numpy as np
 
 def in_process_roles(config, num_train_timesteps: int):
     """Teacher, critic and generator as plain objects in this process (one gloo world of size 1), on every core."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29631", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     from orchestrator.setups import role_setups
-    from workers.parallel.deepspeed import import_deepspeed
+    from workers.parallel.deepspeed import join_process_group, rendezvous_store
     from workers.roles.critic import Critic
     from workers.roles.generator import Generator
     from workers.roles.teacher import Teacher
 
-    import_deepspeed().init_distributed(dist_backend="gloo", verbose=False)
+    join_process_group(rendezvous_store(1), 0, 1, "cpu")
     teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
     teacher, critic, generator = (
         role(0, 1, os.cpu_count() or 1, config.seed, run=None) for role in (Teacher, Critic, Generator)
@@ -47,7 +46,7 @@ def in_process_cycle(teacher, critic, generator, config, step: int) -> None:
         critic.train_step(keys.beside_generator, fake)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", type=Path, default=Path("runs/demo/teacher"))
     parser.add_argument("--cycles", type=int, default=10)
@@ -56,7 +55,7 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override digits.yaml, as in jobs.distill"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import ray
 
@@ -64,10 +63,12 @@ def main() -> None:
     from orchestrator.config_loading import load_config
     from orchestrator.distill import cycle, mean_metrics, start_roles
     from orchestrator.placement import connect
+    from orchestrator.preflight import check_inputs
 
     # The GAN is off here: real-data streaming is measured with the roles, not with the cycle math.
     overrides = [f"teacher={args.teacher}", f"batch_size={args.batch}", "dmd2.gan_generator_weight=0", *args.set]
     config = load_config(DistillConfig, Path("jobs/configs/digits.yaml"), overrides)
+    check_inputs(config)  # a missing teacher is one line now, not a traceback from inside an actor
     connect(4)
     groups = start_roles(config, 1000)
     cycle(groups, config, 0, np.random.default_rng(0))  # warm-up
@@ -105,4 +106,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from jobs.cli import run_main
+
+    run_main(main)

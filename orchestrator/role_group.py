@@ -90,7 +90,7 @@ class RoleGroup:
 
     def answers(self, timeout_s: float) -> bool:
         """Whether every rank answers a no-op call within `timeout_s` (a group with a dead rank has a broken world)."""
-        refs = self.call_async("address")
+        refs = self.call_async("ping")
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         try:
             ray.get(ready)
@@ -207,7 +207,7 @@ def start_roles(
 
 def join_worlds(groups: list[RoleGroup]) -> None:
     """Form every group's DeepSpeed world at once: one role's DeepSpeed import and rendezvous overlap the others'."""
-    masters = ray.get([group.actors[0].address.remote() for group in groups])
+    masters = ray.get([group.actors[0].host_rendezvous.remote() for group in groups])
     joins = [group.join_async(master) for group, master in zip(groups, masters)]
     for group, refs in zip(groups, joins):
         group.node_ids = ray.get(refs)

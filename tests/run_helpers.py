@@ -18,17 +18,13 @@ def tiny_config(root: Path, output: Path, *overrides: str) -> DistillConfig:
 
 
 def one_rank_world() -> None:
-    """Join a one-rank gloo world on a free port (call inside a fresh Ray worker process)."""
-    import os
-    import socket
+    """Join a one-rank gloo world (call inside a Ray task; its worker process may have joined one already)."""
+    import torch
 
-    from workers.parallel.deepspeed import import_deepspeed
+    from workers.parallel.deepspeed import join_process_group, rendezvous_store
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    import_deepspeed().init_distributed(dist_backend="gloo", verbose=False)
+    if not torch.distributed.is_initialized():
+        join_process_group(rendezvous_store(1), 0, 1, "cpu")
 
 
 def scrape_metrics(prefix: str, until, timeout_s: float = 60) -> dict[str, list[str]]:

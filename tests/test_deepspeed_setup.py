@@ -30,6 +30,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
 
 
+def test_the_rendezvous_port_is_held_from_the_moment_it_is_handed_out():
+    """Rank 0's store owns its port before the other ranks hear of it: no other process can take it in
+    between (a probed-then-closed free port can be, and two roles form their worlds at the same moment)."""
+    import errno
+    import socket
+
+    from workers.parallel.deepspeed import rendezvous_store
+
+    store = rendezvous_store(2)
+    with socket.socket() as other, pytest.raises(OSError) as taken:
+        other.bind(("0.0.0.0", store.port))
+    assert taken.value.errno == errno.EADDRINUSE
+    client = rendezvous_store(2, ("127.0.0.1", store.port))  # and a rank reaches it there
+    client.set("rank1", "here")
+    assert store.get("rank1") == b"here"
+
+
 def engine_round_trip(zero_stage: int, directory: str) -> dict:
     """Step, save, step; then a fresh engine loads the save and steps: the two second steps must agree."""
     from orchestrator.config import OptimizerConfig, ShardingConfig

@@ -1,4 +1,5 @@
-"""DeepSpeed applied after a model is built: one wrap function for every trained role, one for the frozen teacher.
+"""DeepSpeed applied after a model is built: one wrap function for every trained role, one for the frozen teacher;
+and the process group they run in.
 
 Both take DeepSpeed's own JSON config (the orchestrator builds it from the run's config,
 `orchestrator.setups.deepspeed_config`): ZeRO stage, bf16, gradient clipping, the optimizer
@@ -25,6 +26,33 @@ def import_deepspeed():
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     return deepspeed
+
+
+def rendezvous_store(world_size: int, master: tuple[str, int] | None = None) -> torch.distributed.TCPStore:
+    """The store a process group forms through: hosted here on a port the OS picks (`master` None, rank 0),
+    or rank 0's at `master` (address, port). Rank 0 keeps its store open until the group forms: probing for
+    a free port and binding it later lets another process take the port in between."""
+    from deepspeed.constants import default_pg_timeout
+
+    if master is None:
+        return torch.distributed.TCPStore(
+            "0.0.0.0", 0, world_size, is_master=True, timeout=default_pg_timeout, wait_for_workers=False
+        )
+    return torch.distributed.TCPStore(*master, world_size, is_master=False, timeout=default_pg_timeout)
+
+
+def join_process_group(store: torch.distributed.TCPStore, rank: int, world_size: int, device: str) -> None:
+    """Form the process group (gloo on CPU, nccl on GPU) through `store`; DeepSpeed then finds it formed."""
+    import os
+
+    from deepspeed.constants import default_pg_timeout
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0")  # what DeepSpeed reads
+    backend = "nccl" if device == "cuda" else "gloo"
+    torch.distributed.init_process_group(
+        backend, store=store, rank=rank, world_size=world_size, timeout=default_pg_timeout
+    )
+    import_deepspeed().init_distributed(dist_backend=backend, verbose=False)
 
 
 def wrap(model: torch.nn.Module, deepspeed_config: dict, gradient_checkpointing: bool = False):

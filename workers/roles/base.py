@@ -1,7 +1,5 @@
 """What every role actor shares: its place in its role's own DeepSpeed world, threads, keyed randomness, timing."""
 
-import os
-import socket
 import time
 from contextlib import contextmanager
 
@@ -26,29 +24,27 @@ class RoleWorker:
         self.real_batches, self.real_batches_taken = None, 0  # real images, for roles that need them
         self.metrics = None if run is None else RoleMetrics(self.role, run)  # None: no Ray (in-process benchmarks)
 
-    def address(self) -> tuple[str, int]:
-        """This node's IP and a free port, for rank 0 to host the role's rendezvous."""
+    def ping(self) -> bool:
+        """A no-op call: a rank that answers it is alive."""
+        return True
+
+    def host_rendezvous(self) -> tuple[str, int]:
+        """Rank 0 opens its role's rendezvous store; returns this node's IP and the store's port."""
         import ray
 
-        with socket.socket() as probe:
-            probe.bind(("", 0))
-            port = probe.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        from workers.parallel.deepspeed import rendezvous_store
+
+        self._store = rendezvous_store(self.world_size)
+        return ray.util.get_node_ip_address(), self._store.port
 
     def join_world(self, master_addr: str, master_port: int) -> str:
-        """Join this role's own process group (gloo on CPU, nccl on GPU); returns the node id."""
+        """Join this role's own process group through rank 0's store; returns the node id."""
         import ray
 
-        from workers.parallel.deepspeed import import_deepspeed
+        from workers.parallel.deepspeed import join_process_group, rendezvous_store
 
-        os.environ.update(
-            MASTER_ADDR=master_addr,
-            MASTER_PORT=str(master_port),
-            RANK=str(self.rank),
-            WORLD_SIZE=str(self.world_size),
-            LOCAL_RANK="0",
-        )
-        import_deepspeed().init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False)
+        store = getattr(self, "_store", None) or rendezvous_store(self.world_size, (master_addr, master_port))
+        join_process_group(store, self.rank, self.world_size, self.device)
         return ray.get_runtime_context().get_node_id()
 
     def rng(self, key: Key) -> torch.Generator:
