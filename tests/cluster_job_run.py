@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -27,12 +26,6 @@ TWO_TRAIN_RANKS = (
     "{ranks: 2, cpus_per_rank: 1, threads_per_rank: 1, node_resource: train_gpu, sharding: {zero_stage: 2}, "
     "optimizer: {learning_rate: 1.0e-4}}"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def submit(client, entrypoint: str, runtime_env: dict, timeout_s: float = 180) -> str:
@@ -53,6 +46,8 @@ def main(tiny_root: Path, out: Path) -> None:
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     from ray.cluster_utils import Cluster
     from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from tests.run_helpers import free_port
 
     temp_dirs: list[str] = []
     started = time.monotonic()

@@ -20,14 +20,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='flashdistill-tests-')}/mlflow.db")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real Ray cluster for the whole session (`ray.cluster_utils.Cluster`: a head with 4 logical CPUs,
@@ -35,6 +27,8 @@ def ray_cluster():
     nodes add them (the fault tests: an inference_gpu and a train_gpu node)."""
     import ray
     from ray.cluster_utils import Cluster
+
+    from tests.run_helpers import free_port
 
     head = {
         "num_cpus": 4,

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests that run distillations: the tiny config pointed at the session's tiny teacher."""
+"""Helpers shared by the tests: the tiny config pointed at the session's tiny teacher, free ports, one-rank worlds."""
 
 from pathlib import Path
 
@@ -6,6 +6,15 @@ from orchestrator.config import DistillConfig
 from orchestrator.config_loading import load_config
 
 CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, for a server that takes its port as a setting (Ray's dashboard, Prometheus)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def tiny_config(root: Path, output: Path, *overrides: str) -> DistillConfig:

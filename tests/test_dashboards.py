@@ -3,7 +3,6 @@ every panel's PromQL must return series for the run. Needs Debian's `prometheus`
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.run_helpers import tiny_config
+from tests.run_helpers import free_port, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "dashboards"))
@@ -41,12 +40,6 @@ def test_the_dashboard_json_is_current_and_has_what_grafana_needs():
             assert target["refId"] and target["expr"] and target["datasource"]["uid"] == "${datasource}"
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
     assert rows == ["Run overview", "Role: teacher", "Role: critic", "Role: generator"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def query(url: str, expr: str) -> list:
