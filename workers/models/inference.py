@@ -1,5 +1,6 @@
 """Sampling a saved model folder: the scheduler its manifest calls for, balanced class labels."""
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,15 @@ def inference_scheduler(folder: ModelFolder, steps: int | None, sampler: str = "
             f"student with this project"
         )
     scheduler = scheduler_class.from_config(config)
-    scheduler.set_timesteps(timesteps=list(manifest.timesteps))
+    # The timesteps are the ones the student was trained at: diffusers' warning that a custom schedule not
+    # starting at T - 1 "may give unexpected results" (DMD2's one-step t = 399) would be noise, once per batch.
+    lcm_logger = logging.getLogger("diffusers.schedulers.scheduling_lcm")
+    level = lcm_logger.level
+    lcm_logger.setLevel(logging.ERROR)
+    try:
+        scheduler.set_timesteps(timesteps=list(manifest.timesteps))
+    finally:
+        lcm_logger.setLevel(level)
     return scheduler
 
 
