@@ -21,7 +21,7 @@ def in_process_roles(config, num_train_timesteps: int):
     from workers.roles.generator import Generator
     from workers.roles.teacher import Teacher
 
-    join_process_group(rendezvous_store(1), 0, 1, "cpu")
+    join_process_group(rendezvous_store(1, "127.0.0.1"), 0, 1, "cpu")
     teacher_setup, critic_setup, generator_setup = role_setups(config, num_train_timesteps)
     teacher, critic, generator = (
         role(0, 1, os.cpu_count() or 1, config.seed, run=None) for role in (Teacher, Critic, Generator)

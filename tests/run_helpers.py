@@ -33,7 +33,7 @@ def one_rank_world() -> None:
     from workers.parallel.deepspeed import join_process_group, rendezvous_store
 
     if not torch.distributed.is_initialized():
-        join_process_group(rendezvous_store(1), 0, 1, "cpu")
+        join_process_group(rendezvous_store(1, "127.0.0.1"), 0, 1, "cpu")
 
 
 def scrape_metrics(prefix: str, until, timeout_s: float = 60) -> dict[str, list[str]]:

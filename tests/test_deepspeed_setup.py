@@ -38,11 +38,11 @@ def test_the_rendezvous_port_is_held_from_the_moment_it_is_handed_out():
 
     from workers.parallel.deepspeed import rendezvous_store
 
-    store = rendezvous_store(2)
+    store = rendezvous_store(2, "127.0.0.1")
     with socket.socket() as other, pytest.raises(OSError) as taken:
-        other.bind(("0.0.0.0", store.port))
+        other.bind(("127.0.0.1", store.port))
     assert taken.value.errno == errno.EADDRINUSE
-    client = rendezvous_store(2, ("127.0.0.1", store.port))  # and a rank reaches it there
+    client = rendezvous_store(2, "127.0.0.1", store.port)  # and a rank reaches it there
     client.set("rank1", "here")
     assert store.get("rank1") == b"here"
 

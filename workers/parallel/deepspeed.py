@@ -28,17 +28,18 @@ def import_deepspeed():
     return deepspeed
 
 
-def rendezvous_store(world_size: int, master: tuple[str, int] | None = None) -> torch.distributed.TCPStore:
-    """The store a process group forms through: hosted here on a port the OS picks (`master` None, rank 0),
-    or rank 0's at `master` (address, port). Rank 0 keeps its store open until the group forms: probing for
-    a free port and binding it later lets another process take the port in between."""
+def rendezvous_store(world_size: int, address: str, port: int = 0) -> torch.distributed.TCPStore:
+    """The store a process group forms through. `port` 0: rank 0 hosts it on a port the OS picks (`.port`)
+    and keeps it open until the group forms, since probing for a free port and binding it later lets another
+    process take the port in between; else a rank connects to rank 0's at (`address`, `port`).
+
+    torch's store listens on every interface whatever `address` it is given (the other ranks may be on
+    other nodes); there `address` is only what the store reports as its host."""
     from deepspeed.constants import default_pg_timeout
 
-    if master is None:
-        return torch.distributed.TCPStore(
-            "0.0.0.0", 0, world_size, is_master=True, timeout=default_pg_timeout, wait_for_workers=False
-        )
-    return torch.distributed.TCPStore(*master, world_size, is_master=False, timeout=default_pg_timeout)
+    return torch.distributed.TCPStore(
+        address, port, world_size, is_master=port == 0, timeout=default_pg_timeout, wait_for_workers=False
+    )
 
 
 def join_process_group(store: torch.distributed.TCPStore, rank: int, world_size: int, device: str) -> None:

@@ -34,8 +34,8 @@ class RoleWorker:
 
         from workers.parallel.deepspeed import rendezvous_store
 
-        self._store = rendezvous_store(self.world_size)
-        return ray.util.get_node_ip_address(), self._store.port
+        self._store = rendezvous_store(self.world_size, ray.util.get_node_ip_address())
+        return self._store.host, self._store.port
 
     def join_world(self, master_addr: str, master_port: int) -> str:
         """Join this role's own process group through rank 0's store; returns the node id."""
@@ -43,7 +43,7 @@ class RoleWorker:
 
         from workers.parallel.deepspeed import join_process_group, rendezvous_store
 
-        store = getattr(self, "_store", None) or rendezvous_store(self.world_size, (master_addr, master_port))
+        store = getattr(self, "_store", None) or rendezvous_store(self.world_size, master_addr, master_port)
         join_process_group(store, self.rank, self.world_size, self.device)
         return ray.get_runtime_context().get_node_id()
 
