@@ -6,6 +6,7 @@ Both take DeepSpeed's own JSON config (the orchestrator builds it from the run's
 (torch's AdamW, which needs no compiled op) and its warm-up.
 """
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -44,8 +45,6 @@ def rendezvous_store(world_size: int, address: str, port: int = 0) -> torch.dist
 
 def join_process_group(store: torch.distributed.TCPStore, rank: int, world_size: int, device: str) -> None:
     """Form the process group (gloo on CPU, nccl on GPU) through `store`; DeepSpeed then finds it formed."""
-    import os
-
     from deepspeed.constants import default_pg_timeout
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0")  # what DeepSpeed reads

@@ -22,6 +22,7 @@ class RoleWorker:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.seconds: dict[str, float] = {}
         self.real_batches, self.real_batches_taken = None, 0  # real images, for roles that need them
+        self._store = None  # rank 0's rendezvous store, held open from host_rendezvous until the world forms
         self.metrics = None if run is None else RoleMetrics(self.role, run)  # None: no Ray (in-process benchmarks)
 
     def ping(self) -> bool:
@@ -43,7 +44,7 @@ class RoleWorker:
 
         from workers.parallel.deepspeed import join_process_group, rendezvous_store
 
-        store = getattr(self, "_store", None) or rendezvous_store(self.world_size, master_addr, master_port)
+        store = self._store or rendezvous_store(self.world_size, master_addr, master_port)
         join_process_group(store, self.rank, self.world_size, self.device)
         return ray.get_runtime_context().get_node_id()
 
